@@ -1,0 +1,80 @@
+"""Normalisation of the int-or-pair and padding arguments shared by ops and layers."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence, Union
+
+IntOrPair = Union[int, Sequence[int]]
+Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def normalize_pair(value: IntOrPair, name: str, minimum: int = 1) -> tuple[int, int]:
+    """Returns ``(v, v)`` for an int or the pair itself; raises ValueError naming ``name``."""
+    if _is_int(value):
+        pair = (int(value), int(value))
+    else:
+        try:
+            items = tuple(value)
+        except TypeError:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        if len(items) != 2 or not all(_is_int(v) for v in items):
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        pair = (int(items[0]), int(items[1]))
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def normalize_padding(padding: Padding) -> tuple[str, list[int]]:
+    """Maps the public ``padding`` argument to the op's ``(padding, explicit_paddings)`` attrs.
+
+    Accepts ``"valid"``, ``"same"`` (TensorFlow's rule), an int ``p`` (all sides), a pair
+    ``(ph, pw)`` (top=bottom=ph, left=right=pw) or ``((top, bottom), (left, right))``.
+    """
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode not in ("VALID", "SAME"):
+            raise ValueError(f"padding must be 'valid', 'same' or explicit ints, got {padding!r}")
+        return mode, []
+    if _is_int(padding):
+        sides = [int(padding)] * 4
+    else:
+        try:
+            items = tuple(padding)
+        except TypeError:
+            raise ValueError(f"padding: unsupported value {padding!r}") from None
+        if len(items) == 2 and all(_is_int(v) for v in items):
+            sides = [int(items[0]), int(items[0]), int(items[1]), int(items[1])]
+        elif len(items) == 2 and all(
+            not _is_int(v) and not isinstance(v, str) and len(tuple(v)) == 2 and all(
+                _is_int(x) for x in v) for v in items
+        ):
+            (top, bottom), (left, right) = items
+            sides = [int(top), int(bottom), int(left), int(right)]
+        else:
+            raise ValueError(
+                "padding must be 'valid', 'same', an int, a pair (ph, pw) or "
+                f"((top, bottom), (left, right)), got {padding!r}"
+            )
+    if min(sides) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return "EXPLICIT", sides
+
+
+def conv_output_size(size: int | None, kernel: int, stride: int, dilation: int, mode: str,
+                     before: int = 0, after: int = 0) -> int | None:
+    """Output length of one axis, the same formula as the C++ shape function (None if unknown)."""
+    if size is None:
+        return None
+    effective = dilation * (kernel - 1) + 1
+    if mode == "SAME":
+        return -(-size // stride)
+    padded = size + before + after
+    if padded < effective:
+        return None
+    return (padded - effective) // stride + 1
