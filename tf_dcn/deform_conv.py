@@ -20,6 +20,7 @@ def _check_rank(tensor: tf.Tensor, rank: int, name: str, layout: str) -> None:
         raise ValueError(f"{name}: expected a {rank}-D tensor {layout}, got shape {tensor.shape}")
 
 
+@tf.autograph.experimental.do_not_convert
 def deform_conv2d(
     inputs: tf.Tensor,
     offsets: tf.Tensor,
