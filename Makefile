@@ -18,13 +18,16 @@ OPS_LIB     := tf_dcn/_tf_dcn_ops.so
 OPS_SRCS := \
 	cc/ops/deform_conv2d_ops.cc \
 	cc/kernels/deform_conv2d_op.cc \
-	cc/kernels/deform_conv2d_cpu.cc
+	cc/kernels/deform_conv2d_cpu.cc \
+	cc/ops/deform_psroi_pool_ops.cc \
+	cc/kernels/deform_psroi_pool_op.cc \
+	cc/kernels/deform_psroi_pool_cpu.cc
 HEADERS := $(wildcard cc/kernels/*.h)
 OBJS := $(patsubst %.cc,$(BUILD)/%.o,$(OPS_SRCS))
 
 CXX      ?= g++
 CXXFLAGS ?= -O3 -DNDEBUG
-WARN     := -Wall -Wno-deprecated-declarations -Wno-sign-compare -Wno-unused-function
+WARN     := -Wall -Wno-deprecated-declarations -Wno-interference-size -Wno-sign-compare -Wno-unused-function
 
 .PHONY: all venv build test demo wheel bench clean distclean print-sources
 .DELETE_ON_ERROR:
@@ -70,6 +73,7 @@ wheel: build
 
 bench: build
 	$(PY) bench/bench_conv_cpu.py
+	$(PY) bench/bench_pool_cpu.py
 
 print-sources:
 	@echo $(OPS_SRCS)

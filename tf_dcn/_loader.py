@@ -59,6 +59,7 @@ def choose_library() -> str:
     return CPU_LIBRARY
 
 
+@tf.autograph.experimental.do_not_convert
 def load_ops() -> ModuleType:
     """Loads the op library (idempotent) and returns TensorFlow's generated op module.
 

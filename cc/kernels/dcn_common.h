@@ -103,6 +103,166 @@ TF_DCN_HD A QuietNaN() {
   return zero / zero;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Deformable (PS-)RoI pooling sampling (semantics.md section 2, MSRA's rule).
+// ---------------------------------------------------------------------------------------------
+
+// True for finite values (false for NaN and +-Inf): Inf - Inf and NaN - NaN are NaN.
+template <typename A>
+TF_DCN_HD bool IsFinite(A v) {
+  return (v - v) == A(0);
+}
+
+// C's round(): halves go away from zero (np.round, which rounds halves to even, differs).
+// Magnitudes >= 2^52 are already integers and, like NaN and +-Inf, come back unchanged, so no
+// value outside int64's range is ever converted to an integer.
+template <typename A>
+TF_DCN_HD A RoundHalfAwayFromZero(A x) {
+  const A big = A(4503599627370496.0);  // 2^52, exact in float and double
+  if (!(x > -big && x < big)) return x;
+  const A t = A(static_cast<int64_t>(x));  // truncation toward zero; exact since |x| < 2^52
+  const A r = x - t;                        // the fractional part, exact
+  if (r >= A(0.5)) return t + A(1);
+  if (r <= A(-0.5)) return t - A(1);
+  return t;
+}
+
+// Box of one RoI in feature-map coordinates, and its bin and sub-bin sizes. `finite` is false
+// when a box coordinate is NaN or +-Inf (after conversion to the computation type A); the other
+// fields are then 0 and the kernels treat every bin of that RoI as a NaN bin.
+template <typename A>
+struct PoolRoi {
+  bool finite;
+  A x_start, y_start;  // round(x1)*scale - 0.5, round(y1)*scale - 0.5
+  A roi_w, roi_h;      // max(end - start, 0.1), end = (round(x2) + 1)*scale - 0.5
+  A bin_w, bin_h;      // roi / pooled
+  A sub_w, sub_h;      // bin / sample_per_part
+};
+
+// Rounds the box in its own type R (float or double), then computes in A.
+template <typename A, typename R>
+TF_DCN_HD PoolRoi<A> MakePoolRoi(R x1, R y1, R x2, R y2, A spatial_scale, int64_t pooled,
+                                 int64_t sample_per_part) {
+  PoolRoi<A> g;
+  g.x_start = g.y_start = g.roi_w = g.roi_h = A(0);
+  g.bin_w = g.bin_h = g.sub_w = g.sub_h = A(0);
+  const A rx1 = A(RoundHalfAwayFromZero(x1)), ry1 = A(RoundHalfAwayFromZero(y1));
+  const A rx2 = A(RoundHalfAwayFromZero(x2)), ry2 = A(RoundHalfAwayFromZero(y2));
+  g.finite = IsFinite(rx1) && IsFinite(ry1) && IsFinite(rx2) && IsFinite(ry2);
+  if (!g.finite) return g;
+  g.x_start = rx1 * spatial_scale - A(0.5);
+  g.y_start = ry1 * spatial_scale - A(0.5);
+  const A x_end = (rx2 + A(1)) * spatial_scale - A(0.5);
+  const A y_end = (ry2 + A(1)) * spatial_scale - A(0.5);
+  // max(., 0.1) that keeps a NaN (from an overflowing box) visible.
+  const A w = x_end - g.x_start, h = y_end - g.y_start;
+  g.roi_w = w < A(0.1) ? A(0.1) : w;
+  g.roi_h = h < A(0.1) ? A(0.1) : h;
+  g.bin_w = g.roi_w / A(pooled);
+  g.bin_h = g.roi_h / A(pooled);
+  g.sub_w = g.bin_w / A(sample_per_part);
+  g.sub_h = g.bin_h / A(sample_per_part);
+  return g;
+}
+
+// floor(p * size / pooled) for a bin index p in [0, pooled): the part cell (size = part_size).
+TF_DCN_HD int64_t PoolPartIndex(int64_t p, int64_t part_size, int64_t pooled) {
+  return p * part_size / pooled;
+}
+
+// clamp(floor(p * group_size / pooled), 0, group_size - 1): the position-sensitive group cell.
+TF_DCN_HD int64_t PoolGroupIndex(int64_t p, int64_t group_size, int64_t pooled) {
+  const int64_t g = p * group_size / pooled;
+  return g < 0 ? 0 : (g > group_size - 1 ? group_size - 1 : g);
+}
+
+// First sample position (h0, w0) of bin (ph, pw), shifted by (ty, tx) = offset * trans_std,
+// a fraction of the whole RoI. Sample (iy, ix) is at (h0 + iy*sub_h, w0 + ix*sub_w).
+template <typename A>
+TF_DCN_HD void PoolBinStart(const PoolRoi<A>& g, int64_t ph, int64_t pw, A ty, A tx, A* h0,
+                            A* w0) {
+  *w0 = A(pw) * g.bin_w + g.x_start + tx * g.roi_w;
+  *h0 = A(ph) * g.bin_h + g.y_start + ty * g.roi_h;
+}
+
+enum PoolSampleKind : int {
+  kPoolSkipped = 0,  // outside [-0.5, W-0.5] x [-0.5, H-0.5] (or an empty plane): not counted.
+  kPoolKept = 1,     // clamped into [0, W-1] x [0, H-1]; corners/weights below are valid.
+  kPoolNaN = 2,      // NaN position: its bin is NaN, never indexes memory.
+};
+
+// One pooling sample. Corners follow MSRA's names: q = 0: U00 = f[y0, x0], 1: U01 = f[y1, x0],
+// 2: U10 = f[y0, x1], 3: U11 = f[y1, x1], with x0 = floor(w), x1 = ceil(w) (equal at integers)
+// of the clamped position. `pixel[q]` is the flat pixel index y*W + x (always in the plane for a
+// kept sample), `weight[q]` its bilinear weight.
+template <typename A>
+struct PoolSample {
+  int kind;
+  int64_t pixel[4];
+  A weight[4];
+  A dx, dy;  // w - x0, h - y0
+};
+
+// Classifies and sets up the sample at (h, w) of an H x W plane. The skip test is strict (a
+// sample exactly at -0.5 or W-0.5 is kept) and happens by comparison before any conversion to an
+// integer, so huge or infinite positions are simply skipped.
+template <typename A>
+TF_DCN_HD PoolSample<A> MakePoolSample(A h, A w, int64_t height, int64_t width) {
+  PoolSample<A> s;
+  s.dx = s.dy = A(0);
+  for (int q = 0; q < 4; ++q) {
+    s.pixel[q] = 0;
+    s.weight[q] = A(0);
+  }
+  if (IsNaN(h) || IsNaN(w)) {
+    s.kind = kPoolNaN;
+    return s;
+  }
+  if (height < 1 || width < 1 || w < A(-0.5) || w > A(width) - A(0.5) || h < A(-0.5) ||
+      h > A(height) - A(0.5)) {
+    s.kind = kPoolSkipped;
+    return s;
+  }
+  s.kind = kPoolKept;
+  const A w_max = A(width - 1), h_max = A(height - 1);
+  w = w < A(0) ? A(0) : (w > w_max ? w_max : w);
+  h = h < A(0) ? A(0) : (h > h_max ? h_max : h);
+  // w, h are in [0, W-1] x [0, H-1]: truncation is floor and fits int64.
+  int64_t x0 = static_cast<int64_t>(w), y0 = static_cast<int64_t>(h);
+  if (x0 > width - 1) x0 = width - 1;
+  if (y0 > height - 1) y0 = height - 1;
+  int64_t x1 = A(x0) < w ? x0 + 1 : x0, y1 = A(y0) < h ? y0 + 1 : y0;
+  if (x1 > width - 1) x1 = width - 1;
+  if (y1 > height - 1) y1 = height - 1;
+  s.dx = w - A(x0);
+  s.dy = h - A(y0);
+  const A hx = A(1) - s.dx, hy = A(1) - s.dy;
+  s.pixel[0] = y0 * width + x0;
+  s.pixel[1] = y1 * width + x0;
+  s.pixel[2] = y0 * width + x1;
+  s.pixel[3] = y1 * width + x1;
+  s.weight[0] = hx * hy;
+  s.weight[1] = hx * s.dy;
+  s.weight[2] = s.dx * hy;
+  s.weight[3] = s.dx * s.dy;
+  return s;
+}
+
+// Value and position derivatives of a kept sample from its corner values u = {U00, U01, U10, U11}.
+// At an integer coordinate floor == ceil, the corners coincide and that derivative is 0.
+template <typename A>
+TF_DCN_HD A PoolSampleValue(const PoolSample<A>& s, const A u[4]) {
+  return s.weight[0] * u[0] + s.weight[1] * u[1] + s.weight[2] * u[2] + s.weight[3] * u[3];
+}
+template <typename A>
+TF_DCN_HD A PoolSampleDx(const PoolSample<A>& s, const A u[4]) {
+  return u[3] * s.dy + u[2] * (A(1) - s.dy) - u[1] * s.dy - u[0] * (A(1) - s.dy);
+}
+template <typename A>
+TF_DCN_HD A PoolSampleDy(const PoolSample<A>& s, const A u[4]) {
+  return u[3] * s.dx + u[1] * (A(1) - s.dx) - u[2] * s.dx - u[0] * (A(1) - s.dx);
+}
+
 }  // namespace tf_dcn
 
 #endif  // TF_DCN_CC_KERNELS_DCN_COMMON_H_
