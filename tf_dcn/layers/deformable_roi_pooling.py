@@ -1,0 +1,300 @@
+"""Keras 3 layers of deformable RoI pooling (Faster R-CNN) and deformable PS-RoI pooling (R-FCN)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tf_dcn import composite
+from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
+
+
+def _positive(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+    return value
+
+
+def _non_negative(value, name: str) -> float:
+    value = float(value)
+    if not value >= 0.0:
+        raise ValueError(f"{name} must be a non-negative number, got {name}={value!r}")
+    return value
+
+
+class _RoIPoolingBase(keras.layers.Layer):
+    """Shared behaviour: XLA only with the composite implementation, rois kept in float32,
+    features cast to the compute dtype."""
+
+    def __init__(self, implementation: str = "op", **kwargs):
+        # Box coordinates must not be autocast to float16 under mixed precision: the layer casts
+        # the features and weights itself and passes rois through unchanged (float32).
+        kwargs["autocast"] = False
+        super().__init__(**kwargs)
+        # Also sets supports_jit (the custom op cannot be XLA-compiled, the composite can).
+        self.implementation = implementation
+
+    @property
+    def implementation(self) -> str:
+        """``"op"`` or ``"composite"``; setting it also sets ``supports_jit``."""
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, value: str) -> None:
+        self._implementation = composite.check_implementation(value)
+        self.supports_jit = value == "composite"
+
+    def _psroi_pool(self, *args, **kwargs):
+        if self._implementation == "composite":
+            return composite.deform_psroi_pool(*args, **kwargs)
+        return deform_psroi_pool(*args, **kwargs)
+
+    def _roi_pool(self, *args, **kwargs):
+        if self._implementation == "composite":
+            return composite.deform_roi_pool(*args, **kwargs)
+        return deform_roi_pool(*args, **kwargs)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("autocast", None)
+        return cls(**config)
+
+    def _split(self, inputs, allowed: tuple[int, ...]):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in allowed:
+            raise ValueError(
+                f"{self.name}: expected a list of {' or '.join(map(str, allowed))} tensors "
+                f"([features, rois, ...]), got {inputs!r}"
+            )
+        return list(inputs)
+
+    def _features(self, t):
+        return tf.cast(t, self.compute_dtype)
+
+    def _weight(self, w):
+        return tf.cast(w, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="tf_dcn")
+class DeformableRoIPooling(_RoIPoolingBase):
+    """Deformable RoI pooling (Dai et al. 2017, section 2.2) for Faster R-CNN style heads.
+
+    A plain pooling of each RoI (the op without offsets) feeds a fully connected branch
+    (zero-initialised) that predicts a normalised offset ``(x, y)`` for each of the
+    ``pooled_size x pooled_size`` bins; the features are then pooled again with each bin moved by
+    ``offset * trans_std * (roi width, roi height)`` (the paper's gamma = ``trans_std`` = 0.1).
+    At initialisation the offsets are zero, so the layer starts as a plain (average) RoI pooling.
+
+    Args:
+        pooled_size: bins per side ``k``.
+        spatial_scale: feature-map scale relative to the box coordinates (1/16 for a stride-16
+            feature map).
+        sample_per_part: bilinear samples per bin side.
+        trans_std: scale of the predicted offsets.
+        offset_kernel_initializer, offset_bias_initializer: of the fully connected branch.
+        implementation: ``"op"`` (default, the custom C++ op) or ``"composite"`` (plain
+            TensorFlow ops from :mod:`tf_dcn.composite`: XLA-compilable, exportable with
+            :func:`tf_dcn.export_portable`; ``supports_jit`` is then True). Same weights and
+            results; settable later through the ``implementation`` attribute or
+            :func:`tf_dcn.use_implementation`.
+        **kwargs: base layer arguments.
+
+    Input shape:
+        ``[features, rois]``: ``features [N, H, W, C]``; ``rois [R, 5]`` rows
+        ``(batch_index, x1, y1, x2, y2)`` in input-image pixels.
+
+    Output shape:
+        ``[R, pooled_size, pooled_size, C]``.
+
+    Example:
+        >>> feats = keras.Input((None, None, 256))
+        >>> rois = keras.Input((5,))
+        >>> pooled = tf_dcn.layers.DeformableRoIPooling(pooled_size=7)([feats, rois])
+    """
+
+    def __init__(self, pooled_size: int = 7, spatial_scale: float = 1.0 / 16,
+                 sample_per_part: int = 4, trans_std: float = 0.1,
+                 offset_kernel_initializer="zeros", offset_bias_initializer="zeros",
+                 implementation: str = "op", **kwargs):
+        super().__init__(implementation=implementation, **kwargs)
+        self.pooled_size = _positive(pooled_size, "pooled_size")
+        self.spatial_scale = _non_negative(spatial_scale, "spatial_scale")
+        self.sample_per_part = _positive(sample_per_part, "sample_per_part")
+        self.trans_std = _non_negative(trans_std, "trans_std")
+        self.offset_kernel_initializer = keras.initializers.get(offset_kernel_initializer)
+        self.offset_bias_initializer = keras.initializers.get(offset_bias_initializer)
+
+    def build(self, input_shape):
+        features_shape, rois_shape = self._split(input_shape, (2,))
+        channels = features_shape[-1]
+        if channels is None:
+            raise ValueError(f"{self.name}: the channel dimension of features must be known")
+        if rois_shape[-1] not in (None, 5):
+            raise ValueError(f"{self.name}: rois must be [R, 5], got shape {rois_shape}")
+        k = self.pooled_size
+        self.offset_kernel = self.add_weight(
+            name="offset_kernel", shape=(k * k * channels, k * k * 2),
+            initializer=self.offset_kernel_initializer)
+        self.offset_bias = self.add_weight(
+            name="offset_bias", shape=(k * k * 2,), initializer=self.offset_bias_initializer)
+
+    def compute_output_shape(self, input_shape):
+        features_shape, rois_shape = self._split(input_shape, (2,))
+        return (rois_shape[0], self.pooled_size, self.pooled_size, features_shape[-1])
+
+    def _pool(self, features, rois, offsets):
+        return self._roi_pool(features, rois, offsets, pooled_size=self.pooled_size,
+                              sample_per_part=self.sample_per_part, trans_std=self.trans_std,
+                              spatial_scale=self.spatial_scale)
+
+    def predict_offsets(self, features, rois):
+        """Normalised bin offsets ``[R, k, k, 2]`` (**x before y**) of the fully connected branch."""
+        features = self._features(features)
+        k = self.pooled_size
+        plain = self._pool(features, rois, None)
+        flat = tf.reshape(plain, [-1, k * k * features.shape[-1]])
+        offsets = tf.matmul(flat, self._weight(self.offset_kernel)) + self._weight(self.offset_bias)
+        return tf.reshape(offsets, [-1, k, k, 2])
+
+    def call(self, inputs):
+        features, rois = self._split(inputs, (2,))
+        features = self._features(features)
+        return self._pool(features, rois, self.predict_offsets(features, rois))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({
+            "pooled_size": self.pooled_size,
+            "spatial_scale": self.spatial_scale,
+            "sample_per_part": self.sample_per_part,
+            "trans_std": self.trans_std,
+            "offset_kernel_initializer": keras.initializers.serialize(
+                self.offset_kernel_initializer),
+            "offset_bias_initializer": keras.initializers.serialize(self.offset_bias_initializer),
+            "implementation": self._implementation,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_dcn")
+class DeformablePSRoIPooling(_RoIPoolingBase):
+    """Deformable position-sensitive RoI pooling: the deformable R-FCN head (Dai et al. 2017).
+
+    A 1x1 convolution (zero-initialised) of ``offset_features`` (default: the score maps) produces
+    ``2*k*k*num_offset_classes`` maps (``k = group_size``); their position-sensitive pooling
+    without offsets gives a normalised ``(x, y)`` offset per part cell and offset class; the score
+    maps are then pooled with each bin moved by ``offset * trans_std * (roi width, roi height)``.
+
+    Args:
+        output_dim: output channels (e.g. classes + 1 for R-FCN's classification maps).
+        group_size: position-sensitive groups per side; the score maps have
+            ``output_dim * group_size**2`` channels, channel ``(c*group_size + gy)*group_size + gx``.
+        pooled_size: bins per side (default ``group_size``).
+        part_size: offset cells per side (default ``pooled_size``).
+        sample_per_part: bilinear samples per bin side.
+        trans_std: scale of the offsets.
+        spatial_scale: feature-map scale relative to the box coordinates.
+        class_aware_offsets: one offset field per output channel class (``num_offset_classes =
+            output_dim``) instead of one shared field.
+        offset_kernel_initializer, offset_bias_initializer: of the 1x1 offset convolution.
+        implementation: ``"op"`` (default, the custom C++ op) or ``"composite"`` (plain
+            TensorFlow ops from :mod:`tf_dcn.composite`: XLA-compilable, exportable with
+            :func:`tf_dcn.export_portable`; ``supports_jit`` is then True). Same weights and
+            results; settable later through the ``implementation`` attribute or
+            :func:`tf_dcn.use_implementation`.
+        **kwargs: base layer arguments.
+
+    Input shape:
+        ``[score_maps, rois]`` or ``[score_maps, rois, offset_features]``: ``score_maps
+        [N, H, W, output_dim*group_size**2]``, ``rois [R, 5]`` (``batch_index, x1, y1, x2, y2``),
+        ``offset_features [N, H, W, Cf]``.
+
+    Output shape:
+        ``[R, pooled_size, pooled_size, output_dim]``.
+    """
+
+    def __init__(self, output_dim: int, group_size: int = 7, pooled_size: int | None = None,
+                 part_size: int | None = None, sample_per_part: int = 4, trans_std: float = 0.1,
+                 spatial_scale: float = 1.0 / 16, class_aware_offsets: bool = False,
+                 offset_kernel_initializer="zeros", offset_bias_initializer="zeros",
+                 implementation: str = "op", **kwargs):
+        super().__init__(implementation=implementation, **kwargs)
+        self.output_dim = _positive(output_dim, "output_dim")
+        self.group_size = _positive(group_size, "group_size")
+        self.pooled_size = _positive(pooled_size if pooled_size is not None else group_size,
+                                     "pooled_size")
+        self.part_size = _positive(part_size if part_size is not None else self.pooled_size,
+                                   "part_size")
+        self.sample_per_part = _positive(sample_per_part, "sample_per_part")
+        self.trans_std = _non_negative(trans_std, "trans_std")
+        self.spatial_scale = _non_negative(spatial_scale, "spatial_scale")
+        self.class_aware_offsets = bool(class_aware_offsets)
+        self.offset_kernel_initializer = keras.initializers.get(offset_kernel_initializer)
+        self.offset_bias_initializer = keras.initializers.get(offset_bias_initializer)
+
+    @property
+    def num_offset_classes(self) -> int:
+        return self.output_dim if self.class_aware_offsets else 1
+
+    def build(self, input_shape):
+        shapes = self._split(input_shape, (2, 3))
+        channels = shapes[0][-1]
+        expected = self.output_dim * self.group_size ** 2
+        if channels is not None and channels != expected:
+            raise ValueError(
+                f"{self.name}: score_maps must have output_dim * group_size**2 = {expected} "
+                f"channels, got shape {shapes[0]}"
+            )
+        offset_channels = (shapes[2] if len(shapes) == 3 else shapes[0])[-1]
+        if offset_channels is None:
+            raise ValueError(f"{self.name}: the channel dimension of the offset features must "
+                             "be known")
+        maps = 2 * self.group_size ** 2 * self.num_offset_classes
+        self.offset_kernel = self.add_weight(
+            name="offset_kernel", shape=(1, 1, offset_channels, maps),
+            initializer=self.offset_kernel_initializer)
+        self.offset_bias = self.add_weight(
+            name="offset_bias", shape=(maps,), initializer=self.offset_bias_initializer)
+
+    def compute_output_shape(self, input_shape):
+        shapes = self._split(input_shape, (2, 3))
+        return (shapes[1][0], self.pooled_size, self.pooled_size, self.output_dim)
+
+    def predict_offsets(self, offset_features, rois):
+        """Normalised offsets ``[R, part_size, part_size, 2*num_offset_classes]`` (x before y)."""
+        offset_features = self._features(offset_features)
+        maps = tf.nn.conv2d(offset_features, self._weight(self.offset_kernel), 1, "VALID")
+        maps = tf.nn.bias_add(maps, self._weight(self.offset_bias))
+        return self._psroi_pool(
+            maps, rois, None, output_dim=2 * self.num_offset_classes, group_size=self.group_size,
+            pooled_size=self.part_size, sample_per_part=self.sample_per_part,
+            spatial_scale=self.spatial_scale)
+
+    def call(self, inputs):
+        shapes = self._split(inputs, (2, 3))
+        score_maps, rois = self._features(shapes[0]), shapes[1]
+        offset_features = shapes[2] if len(shapes) == 3 else score_maps
+        offsets = self.predict_offsets(offset_features, rois)
+        return self._psroi_pool(
+            score_maps, rois, offsets, output_dim=self.output_dim, group_size=self.group_size,
+            pooled_size=self.pooled_size, part_size=self.part_size,
+            sample_per_part=self.sample_per_part, trans_std=self.trans_std,
+            spatial_scale=self.spatial_scale)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({
+            "output_dim": self.output_dim,
+            "group_size": self.group_size,
+            "pooled_size": self.pooled_size,
+            "part_size": self.part_size,
+            "sample_per_part": self.sample_per_part,
+            "trans_std": self.trans_std,
+            "spatial_scale": self.spatial_scale,
+            "class_aware_offsets": self.class_aware_offsets,
+            "offset_kernel_initializer": keras.initializers.serialize(
+                self.offset_kernel_initializer),
+            "offset_bias_initializer": keras.initializers.serialize(self.offset_bias_initializer),
+            "implementation": self._implementation,
+        })
+        return config
