@@ -13,9 +13,10 @@ test -f "$here/tf_dcn/_tf_dcn_ops.so" || { echo "op library missing after make b
 
 staging="$(mktemp -d)"
 trap 'rm -rf "$staging"' EXIT
-mkdir -p "$staging/tf_dcn"
 cp "$here/setup.py" "$here/README.md" "$staging/"
-cp "$here"/tf_dcn/*.py "$here"/tf_dcn/*.so "$staging/tf_dcn/"
+# The Python package (all subpackages) and the built op libraries; no caches.
+(cd "$here" && find tf_dcn \( -name '*.py' -o -name '*.so' \) -not -path '*/__pycache__/*' \
+  -exec cp --parents {} "$staging/" \;)
 
 (cd "$staging" && "$python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$dest" .)
 ls "$dest"/tf_dcn-*.whl

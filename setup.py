@@ -1,6 +1,6 @@
 """Packaging of tf-dcn. Build the wheel with ./build_pip_pkg.sh (it compiles the ops first)."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.dist import Distribution
 
 _VERSION = "0.1.0"
@@ -21,7 +21,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=["tf_dcn"],
+    packages=find_packages(include=["tf_dcn", "tf_dcn.*"]),
     package_data={"tf_dcn": ["*.so"]},
     python_requires=">=3.11",
     install_requires=["numpy"],

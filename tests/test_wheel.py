@@ -19,6 +19,12 @@ CHECK = textwrap.dedent(
     w = tf.random.normal([3, 3, 3, 4])
     y = tf_dcn.deform_conv2d(x, tf.zeros([1, 6, 6, 18]), w, padding="same")
     np.testing.assert_allclose(y.numpy(), tf.nn.conv2d(x, w, 1, "SAME").numpy(), atol=1e-5)
+    import keras
+    from tf_dcn.applications import DeformableResNet
+    from tf_dcn.layers import DeformableConv2D, DeformablePSRoIPooling, DeformableRoIPooling
+    assert keras.layers.Dense  # layers import cleanly from the installed package
+    pooled = tf_dcn.deform_roi_pool(tf.ones([1, 8, 8, 2]), [[0, 0, 0, 7, 7]], pooled_size=2)
+    assert pooled.shape == (1, 2, 2, 2)
     print("wheel ok", tf_dcn.__file__)
     """
 )

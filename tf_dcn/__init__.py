@@ -1,11 +1,20 @@
 """tf-dcn: Deformable Convolutional Networks for TensorFlow and Keras.
 
-Custom C++ ops (deformable convolution v1/v2) with registered gradients, NHWC like Keras.
+Custom C++ ops with registered gradients, channels-last (NHWC) like Keras:
+``deform_conv2d`` (v1 offsets, modulated v2 with a mask), ``deform_psroi_pool`` (R-FCN) and
+``deform_roi_pool`` (Faster R-CNN), and the Keras 3 layers in ``tf_dcn.layers``. Importing the
+package registers the layers with Keras' serialisation; the op library loads on first use (or
+through ``load_ops()``).
 """
 
+from tf_dcn import applications, composite, convert, layers
 from tf_dcn._loader import load_ops
 from tf_dcn.deform_conv import deform_conv2d
+from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
+from tf_dcn.export import export_portable, use_implementation
 
 __version__ = "0.1.0"
 
-__all__ = ["deform_conv2d", "load_ops", "__version__"]
+__all__ = ["applications", "composite", "convert", "deform_conv2d", "deform_psroi_pool",
+           "deform_roi_pool", "export_portable", "layers", "load_ops", "use_implementation",
+           "__version__"]
