@@ -57,8 +57,10 @@ $(BUILD)/%.o: %.cc $(HEADERS) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $(WARN) -fPIC -I. $(TF_CFLAGS) -c $< -o $@
 
+# Linked to a temporary name and renamed, so a process that has the old library mapped keeps it.
 $(OPS_LIB): $(OBJS)
-	$(CXX) -shared $(OBJS) -o $@ $(TF_LFLAGS) -Wl,-z,defs -Wl,-O1
+	$(CXX) -shared $(OBJS) -o $@.tmp $(TF_LFLAGS) -Wl,-z,defs -Wl,-O1
+	mv -f $@.tmp $@
 
 build: $(STAMP) $(OPS_LIB)
 
