@@ -15,13 +15,18 @@ BUILD       := build
 OPS_LIB     := tf_dcn/_tf_dcn_ops.so
 
 # Every C++ source of the CPU op library (the Bazel BUILD file is checked against this list).
+# The AVX2 kernels come last: where the baseline and AVX2 objects both emit an inline function,
+# the linker keeps the first (baseline) copy, so no AVX2 instruction runs outside the AVX2 path.
 OPS_SRCS := \
 	cc/ops/deform_conv2d_ops.cc \
 	cc/kernels/deform_conv2d_op.cc \
 	cc/kernels/deform_conv2d_cpu.cc \
+	cc/kernels/cpu_dispatch.cc \
+	cc/kernels/deform_conv2d_cpu_generic.cc \
 	cc/ops/deform_psroi_pool_ops.cc \
 	cc/kernels/deform_psroi_pool_op.cc \
-	cc/kernels/deform_psroi_pool_cpu.cc
+	cc/kernels/deform_psroi_pool_cpu.cc \
+	cc/kernels/deform_conv2d_cpu_avx2.cc
 HEADERS := $(wildcard cc/kernels/*.h)
 OBJS := $(patsubst %.cc,$(BUILD)/%.o,$(OPS_SRCS))
 
@@ -53,9 +58,12 @@ ifneq ($(filter-out venv clean distclean print-sources,$(or $(MAKECMDGOALS),all)
 -include $(BUILD)/tf_flags.mk
 endif
 
+# Extra instruction sets, only for the translation units that are dispatched at run time.
+$(BUILD)/cc/kernels/%_avx2.o: ISA_FLAGS := -mavx2 -mfma -mf16c
+
 $(BUILD)/%.o: %.cc $(HEADERS) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $(WARN) -fPIC -I. $(TF_CFLAGS) -c $< -o $@
+	$(CXX) $(CXXFLAGS) $(ISA_FLAGS) $(WARN) -fPIC -I. $(TF_CFLAGS) -c $< -o $@
 
 # Linked to a temporary name and renamed, so a process that has the old library mapped keeps it.
 $(OPS_LIB): $(OBJS)

@@ -16,6 +16,16 @@
 
 namespace tf_dcn {
 
+// Accumulation type of every kernel: float32 for half, bfloat16 and float32; float64 for float64.
+template <typename T>
+struct AccumulatorType {
+  using type = float;
+};
+template <>
+struct AccumulatorType<double> {
+  using type = double;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Deformable convolution sampling (semantics.md section 1, torchvision's border rule).
 // ---------------------------------------------------------------------------------------------

@@ -1,149 +1,45 @@
-// CPU kernels of the deformable convolution.
-//
-// Both passes work on tiles of output pixels. For each tile the bilinear samples are gathered into
-// a column buffer col[group][pixel][tap][channel] (channels contiguous, as NHWC makes them), which
-// then meets the kernel in one Eigen matrix product per convolution group. Tiles are distributed
-// over TensorFlow's intra-op thread pool; each tile owns its output rows, so the forward pass has
-// no shared writes.
-//
-// The backward pass partitions output pixels into blocks fixed by (batch size, thread count). A
-// block owns a private float accumulator for the input gradient and for the kernel gradient; they
-// are summed in block order at the end, so the results are bitwise reproducible for a given thread
-// count, and no atomics are used.
-//
-// Temporary memory (float32, float64 for double):
-//   forward:  threads * tile * K*C            (column tile) + Cout*tile for half types
-//   backward: B * (H*W*C + K*C/groups*Cout) + threads * 2 * tile * K*C, with B <= 2 * threads,
-// independent of the batch size. The tile is chosen so that one column tile is about 1 MiB.
+// CPU specialisations of the deformable-convolution functors: they hand the op's thread pool and
+// raw pointers to the TF-free kernels (deform_conv2d_cpu_kernels.h) of the instruction set chosen
+// at run time.
 #define EIGEN_USE_THREADS
 
-#include <algorithm>
-#include <cstring>
-#include <type_traits>
-#include <vector>
+#include <string>
 
-#include "cc/kernels/dcn_common.h"
+#include "cc/kernels/cpu_dispatch.h"
 #include "cc/kernels/deform_conv2d_functor.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
-#include "Eigen/Core"
 
 namespace tf_dcn {
 namespace {
 
 using CPUDevice = Eigen::ThreadPoolDevice;
 
-template <typename A>
-using RowMatrix = Eigen::Matrix<A, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename A>
-using MatrixMap = Eigen::Map<RowMatrix<A>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <typename A>
-using ConstMatrixMap = Eigen::Map<const RowMatrix<A>, Eigen::Unaligned, Eigen::OuterStride<>>;
-
-constexpr int64_t kColumnTileBytes = 1 << 20;
-
-// Number of output pixels per tile: about kColumnTileBytes of column buffer, at least 8 pixels.
-int64_t PixelsPerTile(const DeformConv2DDims& d, int64_t elem_bytes) {
-  const int64_t per_pixel = std::max<int64_t>(1, d.taps() * d.in_c * elem_bytes);
-  return std::clamp<int64_t>(kColumnTileBytes / per_pixel, 8, 1024);
+CpuParallel MakeCpuParallel(tensorflow::OpKernelContext* ctx) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  CpuParallel parallel;
+  parallel.num_threads = workers->NumThreads();
+  parallel.parallel_for = [workers](int64_t total, int64_t cost,
+                                    const std::function<void(int64_t, int64_t)>& fn) {
+    workers->ParallelFor(total, cost, fn);
+  };
+  return parallel;
 }
 
-// Location of one output pixel.
-struct PixelIndex {
-  int64_t n, ho, wo;
-};
-inline PixelIndex Locate(const DeformConv2DDims& d, int64_t p) {
-  const int64_t per_image = d.out_h * d.out_w;
-  PixelIndex r;
-  r.n = p / per_image;
-  const int64_t rem = p - r.n * per_image;
-  r.ho = rem / d.out_w;
-  r.wo = rem - r.ho * d.out_w;
-  return r;
-}
+template <typename T>
+constexpr ElementType ElementTypeOf();
+template <>
+constexpr ElementType ElementTypeOf<Eigen::half>() { return ElementType::kHalf; }
+template <>
+constexpr ElementType ElementTypeOf<Eigen::bfloat16>() { return ElementType::kBFloat16; }
+template <>
+constexpr ElementType ElementTypeOf<float>() { return ElementType::kFloat; }
+template <>
+constexpr ElementType ElementTypeOf<double>() { return ElementType::kDouble; }
 
-template <typename A, typename T>
-inline ConvSample<A> SampleAt(const DeformConv2DDims& d, const PixelIndex& px, const T* offsets_px,
-                              int64_t gk) {
-  const int64_t k = gk % d.taps();
-  const int64_t i = k / d.kernel_w, j = k - (k / d.kernel_w) * d.kernel_w;
-  const A y = A(px.ho * d.stride_h - d.pad_top + i * d.dilation_h) + A(offsets_px[2 * gk]);
-  const A x = A(px.wo * d.stride_w - d.pad_left + j * d.dilation_w) + A(offsets_px[2 * gk + 1]);
-  return MakeConvSample<A>(y, x, d.in_h, d.in_w);
-}
-
-// Calls fn(group, c_begin, c_end) for the pieces of the channel range [begin, end) that fall in
-// one convolution group each (a deformable group may span several convolution groups).
-template <typename Fn>
-inline void ForEachGroupSegment(const DeformConv2DDims& d, int64_t begin, int64_t end, Fn fn) {
-  const int64_t cg = d.in_c_per_group();
-  while (begin < end) {
-    const int64_t grp = begin / cg;
-    const int64_t seg_end = std::min(end, (grp + 1) * cg);
-    fn(grp, begin, seg_end);
-    begin = seg_end;
-  }
-}
-
-// Index of col[grp][pp][k][c - grp*Cg] in a tile of `count` pixels.
-inline int64_t ColumnIndex(const DeformConv2DDims& d, int64_t count, int64_t grp, int64_t pp,
-                           int64_t k, int64_t c) {
-  const int64_t cg = d.in_c_per_group();
-  return ((grp * count + pp) * d.taps() + k) * cg + (c - grp * cg);
-}
-
-// Gathers the (masked) bilinear samples of `count` output pixels starting at global pixel p0.
-// `zeros` holds C zeros of type T: outside corners read from it, so the channel loop is branch free.
-template <typename T, typename A>
-void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, const T* mask,
-                   const T* zeros, int64_t p0, int64_t count, A* col) {
-  const int64_t K = d.taps(), DG = d.deformable_groups, Cdg = d.in_c_per_dgroup(), C = d.in_c;
-  for (int64_t pp = 0; pp < count; ++pp) {
-    const int64_t p = p0 + pp;
-    const PixelIndex px = Locate(d, p);
-    const T* image = input + px.n * d.in_h * d.in_w * C;
-    const T* off = offsets + p * 2 * DG * K;
-    const T* msk = mask ? mask + p * DG * K : nullptr;
-    for (int64_t gk = 0; gk < DG * K; ++gk) {
-      const int64_t g = gk / K, k = gk - g * K;
-      const ConvSample<A> s = SampleAt<A>(d, px, off, gk);
-      const A m = msk ? A(msk[gk]) : A(1);
-      const T* src[4];
-      A w[4];
-      for (int q = 0; q < 4; ++q) {
-        src[q] = s.pixel[q] >= 0 ? image + s.pixel[q] * C : zeros;
-        w[q] = m * s.weight[q];
-      }
-      ForEachGroupSegment(d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
-        A* dst = col + ColumnIndex(d, count, grp, pp, k, c0);
-        if (s.kind == kSampleInside) {
-          for (int64_t c = c0; c < c1; ++c) {
-            dst[c - c0] = w[0] * A(src[0][c]) + w[1] * A(src[1][c]) + w[2] * A(src[2][c]) +
-                          w[3] * A(src[3][c]);
-          }
-        } else {
-          std::fill(dst, dst + (c1 - c0), s.kind == kSampleNaN ? QuietNaN<A>() : A(0));
-        }
-      });
-    }
-  }
-}
-
-// Kernel as a [K*C/groups, Cout] row-major matrix in the accumulation type.
-template <typename T, typename A>
-const A* KernelInAccType(const DeformConv2DDims& d, const T* kernel, std::vector<A>* storage) {
-  if constexpr (std::is_same_v<T, A>) {
-    return kernel;
-  } else {
-    const int64_t size = d.taps() * d.in_c_per_group() * d.out_c;
-    storage->resize(size);
-    for (int64_t e = 0; e < size; ++e) (*storage)[e] = A(kernel[e]);
-    return storage->data();
-  }
-}
-
-tensorflow::thread::ThreadPool* Workers(tensorflow::OpKernelContext* ctx) {
-  return ctx->device()->tensorflow_cpu_worker_threads()->workers;
+absl::Status ChooseIsa(CpuIsa* isa) {
+  std::string error;
+  if (!SelectCpuIsa(isa, &error)) return absl::InvalidArgumentError(error);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -153,47 +49,11 @@ struct DeformConv2DForward<CPUDevice, T> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformConv2DDims& d,
                           const T* input, const T* offsets, const T* mask, const T* kernel,
                           const T* bias, T* output) {
-    using A = typename AccumulatorType<T>::type;
-    const int64_t total = d.out_pixels();
-    if (total == 0 || d.out_c == 0) return absl::OkStatus();
-    const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
-    const int64_t Cout = d.out_c, KCg = K * Cg;
-    const int64_t tile = PixelsPerTile(d, sizeof(A));
-    const int64_t num_tiles = (total + tile - 1) / tile;
-
-    std::vector<A> kernel_storage;
-    const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
-    const std::vector<T> zeros(d.in_c, T(0));
-
-    const int64_t cost = tile * (K * d.in_c * 12 + 2 * KCg * Cout);
-    Workers(ctx)->ParallelFor(num_tiles, cost, [&](int64_t first, int64_t last) {
-      std::vector<A> col(d.groups * tile * KCg);
-      std::vector<A> out_tile(std::is_same_v<T, A> ? 0 : tile * Cout);
-      for (int64_t t = first; t < last; ++t) {
-        const int64_t p0 = t * tile, count = std::min(tile, total - p0);
-        GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, count, col.data());
-        A* out;
-        if constexpr (std::is_same_v<T, A>) {
-          out = output + p0 * Cout;
-        } else {
-          out = out_tile.data();
-        }
-        for (int64_t pp = 0; pp < count; ++pp) {
-          for (int64_t o = 0; o < Cout; ++o) out[pp * Cout + o] = bias ? A(bias[o]) : A(0);
-        }
-        for (int64_t grp = 0; grp < d.groups; ++grp) {
-          ConstMatrixMap<A> cols(col.data() + grp * count * KCg, count, KCg,
-                                 Eigen::OuterStride<>(KCg));
-          ConstMatrixMap<A> weights(W + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
-          MatrixMap<A> result(out + grp * Coutg, count, Coutg, Eigen::OuterStride<>(Cout));
-          result.noalias() += cols * weights;
-        }
-        if constexpr (!std::is_same_v<T, A>) {
-          T* dst = output + p0 * Cout;
-          for (int64_t e = 0; e < count * Cout; ++e) dst[e] = T(out_tile[e]);
-        }
-      }
-    });
+    CpuIsa isa;
+    TF_RETURN_IF_ERROR(ChooseIsa(&isa));
+    const DeformConv2DForwardArgs args{input, offsets, mask, kernel, bias, output};
+    auto run = isa == CpuIsa::kAvx2 ? avx2::DeformConv2DForward : generic::DeformConv2DForward;
+    run(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
     return absl::OkStatus();
   }
 };
@@ -204,170 +64,13 @@ struct DeformConv2DBackward<CPUDevice, T> {
                           const T* input, const T* offsets, const T* mask, const T* kernel,
                           const T* grad_output, T* grad_input, T* grad_offsets, T* grad_mask,
                           T* grad_kernel, T* grad_bias) {
-    using A = typename AccumulatorType<T>::type;
-    auto* workers = Workers(ctx);
-    const int64_t N = d.batch, C = d.in_c, HWC = d.in_h * d.in_w * C;
-    const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
-    const int64_t Cout = d.out_c, KCg = K * Cg, DG = d.deformable_groups, Cdg = d.in_c_per_dgroup();
-    const int64_t kernel_size = KCg * Cout;
-    const int64_t per_image = d.out_h * d.out_w;
-    const int64_t total = N * per_image;
-
-    // Bias gradient: a plain ordered sum over pixels, parallel over output channels.
-    if (grad_bias) {
-      workers->ParallelFor(Cout, total * 2, [&](int64_t o0, int64_t o1) {
-        for (int64_t o = o0; o < o1; ++o) {
-          A sum = 0;
-          for (int64_t p = 0; p < total; ++p) sum += A(grad_output[p * Cout + o]);
-          grad_bias[o] = T(sum);
-        }
-      });
-    }
-    if (total == 0 || HWC == 0) {
-      std::fill(grad_input, grad_input + N * HWC, T(0));
-      std::fill(grad_kernel, grad_kernel + kernel_size, T(0));
-      return absl::OkStatus();
-    }
-
-    // Work partition. With at least as many images as threads, a block takes whole images
-    // (S = 1); otherwise each image is split into S pixel ranges whose input-gradient partials are
-    // summed afterwards in a fixed order.
-    const int64_t threads = std::max(1, workers->NumThreads());
-    const int64_t tile = PixelsPerTile(d, sizeof(A));
-    int64_t splits = 1;
-    if (N < threads) {
-      const int64_t tiles_per_image = (per_image + tile - 1) / tile;
-      splits = std::clamp<int64_t>((threads + N - 1) / N, 1, std::max<int64_t>(1, tiles_per_image));
-    }
-    const int64_t blocks = splits == 1 ? std::min(N, threads) : N * splits;
-
-    std::vector<A> kernel_storage;
-    const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
-    const std::vector<T> zeros(C, T(0));
-    std::vector<A> input_partials(blocks * HWC);
-    std::vector<A> kernel_partials(blocks * kernel_size);
-
-    auto run_block = [&](int64_t b) {
-      A* din = input_partials.data() + b * HWC;
-      A* dker = kernel_partials.data() + b * kernel_size;
-      std::fill(dker, dker + kernel_size, A(0));
-      std::vector<A> col(d.groups * tile * KCg), dcol(d.groups * tile * KCg);
-      std::vector<A> gout_tile(std::is_same_v<T, A> ? 0 : tile * Cout);
-      std::vector<A> dummy(C);  // sink for the gradient of outside corners (weight 0)
-
-      // Processes output pixels [p_begin, p_end), all in one image, into din / dker.
-      auto process = [&](int64_t p_begin, int64_t p_end) {
-        for (int64_t p0 = p_begin; p0 < p_end; p0 += tile) {
-          const int64_t count = std::min(tile, p_end - p0);
-          GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, count, col.data());
-          const A* gout;
-          if constexpr (std::is_same_v<T, A>) {
-            gout = grad_output + p0 * Cout;
-          } else {
-            for (int64_t e = 0; e < count * Cout; ++e) gout_tile[e] = A(grad_output[p0 * Cout + e]);
-            gout = gout_tile.data();
-          }
-          for (int64_t grp = 0; grp < d.groups; ++grp) {
-            ConstMatrixMap<A> g(gout + grp * Coutg, count, Coutg, Eigen::OuterStride<>(Cout));
-            ConstMatrixMap<A> w(W + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
-            ConstMatrixMap<A> cols(col.data() + grp * count * KCg, count, KCg,
-                                   Eigen::OuterStride<>(KCg));
-            MatrixMap<A> dcols(dcol.data() + grp * count * KCg, count, KCg,
-                               Eigen::OuterStride<>(KCg));
-            MatrixMap<A> dk(dker + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
-            dcols.noalias() = g * w.transpose();
-            dk.noalias() += cols.transpose() * g;
-          }
-          // Scatter the column gradient to input, offsets and mask.
-          for (int64_t pp = 0; pp < count; ++pp) {
-            const int64_t p = p0 + pp;
-            const PixelIndex px = Locate(d, p);
-            const T* image = input + px.n * HWC;
-            const T* off = offsets + p * 2 * DG * K;
-            const T* msk = mask ? mask + p * DG * K : nullptr;
-            T* doff = grad_offsets + p * 2 * DG * K;
-            T* dmsk = grad_mask ? grad_mask + p * DG * K : nullptr;
-            for (int64_t gk = 0; gk < DG * K; ++gk) {
-              const int64_t g = gk / K, k = gk - g * K;
-              const ConvSample<A> s = SampleAt<A>(d, px, off, gk);
-              const A m = msk ? A(msk[gk]) : A(1);
-              if (s.kind != kSampleInside) {
-                const A fill = s.kind == kSampleNaN ? QuietNaN<A>() : A(0);
-                doff[2 * gk] = T(fill);
-                doff[2 * gk + 1] = T(fill);
-                if (dmsk) dmsk[gk] = T(fill);
-                continue;
-              }
-              const T* src[4];
-              A* dst[4];
-              for (int q = 0; q < 4; ++q) {
-                src[q] = s.pixel[q] >= 0 ? image + s.pixel[q] * C : zeros.data();
-                dst[q] = s.pixel[q] >= 0 ? din + s.pixel[q] * C : dummy.data();
-              }
-              A gy = 0, gx = 0, gm = 0;
-              ForEachGroupSegment(d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0,
-                                                                 int64_t c1) {
-                const A* dc = dcol.data() + ColumnIndex(d, count, grp, pp, k, c0);
-                for (int64_t c = c0; c < c1; ++c) {
-                  const A v[4] = {A(src[0][c]), A(src[1][c]), A(src[2][c]), A(src[3][c])};
-                  const A gc = dc[c - c0];
-                  gm += gc * ConvSampleValue(s, v);
-                  gy += gc * ConvSampleDy(s, v);
-                  gx += gc * ConvSampleDx(s, v);
-                  const A mg = m * gc;
-                  dst[0][c] += mg * s.weight[0];
-                  dst[1][c] += mg * s.weight[1];
-                  dst[2][c] += mg * s.weight[2];
-                  dst[3][c] += mg * s.weight[3];
-                }
-              });
-              doff[2 * gk] = T(m * gy);
-              doff[2 * gk + 1] = T(m * gx);
-              if (dmsk) dmsk[gk] = T(gm);
-            }
-          }
-        }
-      };
-
-      if (splits == 1) {
-        const int64_t n0 = N * b / blocks, n1 = N * (b + 1) / blocks;
-        for (int64_t n = n0; n < n1; ++n) {
-          std::fill(din, din + HWC, A(0));
-          process(n * per_image, (n + 1) * per_image);
-          T* dst = grad_input + n * HWC;
-          for (int64_t e = 0; e < HWC; ++e) dst[e] = T(din[e]);
-        }
-      } else {
-        const int64_t n = b / splits, s = b - n * splits;
-        std::fill(din, din + HWC, A(0));
-        process(n * per_image + per_image * s / splits,
-                n * per_image + per_image * (s + 1) / splits);
-      }
-    };
-
-    const int64_t block_cost = (total / blocks + 1) * (K * C * 30 + 4 * KCg * Cout);
-    workers->ParallelFor(blocks, block_cost, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) run_block(b);
-    });
-
-    // Ordered reductions of the partials.
-    if (splits > 1) {
-      workers->ParallelFor(N * HWC, splits * 2, [&](int64_t e0, int64_t e1) {
-        for (int64_t e = e0; e < e1; ++e) {
-          const int64_t n = e / HWC, r = e - n * HWC;
-          A sum = 0;
-          for (int64_t s = 0; s < splits; ++s) sum += input_partials[(n * splits + s) * HWC + r];
-          grad_input[e] = T(sum);
-        }
-      });
-    }
-    workers->ParallelFor(kernel_size, blocks * 2, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        A sum = 0;
-        for (int64_t b = 0; b < blocks; ++b) sum += kernel_partials[b * kernel_size + e];
-        grad_kernel[e] = T(sum);
-      }
-    });
+    CpuIsa isa;
+    TF_RETURN_IF_ERROR(ChooseIsa(&isa));
+    const DeformConv2DBackwardArgs args{input,      offsets,      mask,      kernel,
+                                        grad_output, grad_input,  grad_offsets, grad_mask,
+                                        grad_kernel, grad_bias};
+    auto run = isa == CpuIsa::kAvx2 ? avx2::DeformConv2DBackward : generic::DeformConv2DBackward;
+    run(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
     return absl::OkStatus();
   }
 };

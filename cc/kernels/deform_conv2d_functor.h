@@ -27,16 +27,6 @@ struct DeformConv2DBackward {
                           T* grad_kernel, T* grad_bias);
 };
 
-// Accumulation type: float32 for half, bfloat16 and float32; float64 for float64.
-template <typename T>
-struct AccumulatorType {
-  using type = float;
-};
-template <>
-struct AccumulatorType<double> {
-  using type = double;
-};
-
 }  // namespace tf_dcn
 
 #endif  // TF_DCN_CC_KERNELS_DEFORM_CONV2D_FUNCTOR_H_
