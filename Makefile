@@ -59,7 +59,8 @@ ifneq ($(filter-out venv clean distclean print-sources,$(or $(MAKECMDGOALS),all)
 endif
 
 # Extra instruction sets, only for the translation units that are dispatched at run time.
-$(BUILD)/cc/kernels/%_avx2.o: ISA_FLAGS := -mavx2 -mfma -mf16c
+$(BUILD)/cc/kernels/%_avx2.o: ISA_FLAGS := -mavx2 -mfma -mf16c -fopenmp-simd
+$(BUILD)/cc/kernels/%_generic.o: ISA_FLAGS := -fopenmp-simd
 
 $(BUILD)/%.o: %.cc $(HEADERS) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)

@@ -295,23 +295,40 @@ void Backward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* i
                 src[q] = s.pixel[q] >= 0 ? image + s.pixel[q] * C : zeros.data();
                 dst[q] = s.pixel[q] >= 0 ? din + s.pixel[q] * C : dummy.data();
               }
-              A gy = 0, gx = 0, gm = 0;
+              // Value and position derivatives are linear in the corner values, so the channel
+              // loop only accumulates the four dot products sum_c g[c] * corner_q[c] (vectorised,
+              // in a fixed order), and the helpers are applied to the sums.
+              A sums[4] = {0, 0, 0, 0};
+              const A w0 = m * s.weight[0], w1 = m * s.weight[1];
+              const A w2 = m * s.weight[2], w3 = m * s.weight[3];
               ForEachGroupSegment(d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0,
                                                                  int64_t c1) {
+                // All pointers start at channel c0 of their row.
                 const A* dc = dcol.data() + ColumnIndex(d, count, grp, pp, k, c0);
-                for (int64_t c = c0; c < c1; ++c) {
-                  const A v[4] = {A(src[0][c]), A(src[1][c]), A(src[2][c]), A(src[3][c])};
-                  const A gc = dc[c - c0];
-                  gm += gc * ConvSampleValue(s, v);
-                  gy += gc * ConvSampleDy(s, v);
-                  gx += gc * ConvSampleDx(s, v);
-                  const A mg = m * gc;
-                  dst[0][c] += mg * s.weight[0];
-                  dst[1][c] += mg * s.weight[1];
-                  dst[2][c] += mg * s.weight[2];
-                  dst[3][c] += mg * s.weight[3];
+                const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0, *s3 = src[3] + c0;
+                A *d0 = dst[0] + c0, *d1 = dst[1] + c0, *d2 = dst[2] + c0, *d3 = dst[3] + c0;
+                const int64_t width = c1 - c0;
+                A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+                for (int64_t c = 0; c < width; ++c) {
+                  const A gc = dc[c];
+                  a0 += gc * A(s0[c]);
+                  a1 += gc * A(s1[c]);
+                  a2 += gc * A(s2[c]);
+                  a3 += gc * A(s3[c]);
+                  d0[c] += w0 * gc;
+                  d1[c] += w1 * gc;
+                  d2[c] += w2 * gc;
+                  d3[c] += w3 * gc;
                 }
+                sums[0] += a0;
+                sums[1] += a1;
+                sums[2] += a2;
+                sums[3] += a3;
               });
+              const A gm = ConvSampleValue(s, sums);
+              const A gy = ConvSampleDy(s, sums);
+              const A gx = ConvSampleDx(s, sums);
               doff[2 * gk] = T(m * gy);
               doff[2 * gk + 1] = T(m * gx);
               if (dmsk) dmsk[gk] = T(gm);
