@@ -44,11 +44,11 @@ struct DeformConv2DBackwardArgs {
   void* grad_bias;  // nullptr without a bias
 };
 
-#define TF_DCN_DECLARE_CPU_ISA(isa)                                                         \
-  namespace isa {                                                                          \
-  void DeformConv2DForward(ElementType type, const DeformConv2DDims& d,                    \
-                           const CpuParallel& parallel, const DeformConv2DForwardArgs& a); \
-  void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d,                   \
+#define TF_DCN_DECLARE_CPU_ISA(isa)                                                          \
+  namespace isa {                                                                            \
+  void DeformConv2DForward(ElementType type, const DeformConv2DDims& d,                      \
+                           const CpuParallel& parallel, const DeformConv2DForwardArgs& a);   \
+  void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d,                     \
                             const CpuParallel& parallel, const DeformConv2DBackwardArgs& a); \
   }
 TF_DCN_DECLARE_CPU_ISA(generic)

@@ -38,7 +38,8 @@ enum SampleKind : int {
 
 // The four corners of a bilinear sample, ordered (y0,x0), (y0,x1), (y1,x0), (y1,x1).
 // `pixel[q]` is the flat pixel index y*W + x of corner q, or -1 when that corner lies outside
-// [0, H-1] x [0, W-1] (it then reads 0). `weight[q]` is its bilinear weight (0 for outside corners).
+// [0, H-1] x [0, W-1] (it then reads 0). `weight[q]` is its bilinear weight (0 for outside
+// corners).
 template <typename A>
 struct ConvSample {
   int kind;
@@ -84,10 +85,22 @@ TF_DCN_HD ConvSample<A> MakeConvSample(A py, A px, int64_t height, int64_t width
   const A hy = A(1) - s.ly, hx = A(1) - s.lx;
   const bool y0_in = y0 >= 0, y1_in = y1 <= height - 1;
   const bool x0_in = x0 >= 0, x1_in = x1 <= width - 1;
-  if (y0_in && x0_in) { s.pixel[0] = y0 * width + x0; s.weight[0] = hy * hx; }
-  if (y0_in && x1_in) { s.pixel[1] = y0 * width + x1; s.weight[1] = hy * s.lx; }
-  if (y1_in && x0_in) { s.pixel[2] = y1 * width + x0; s.weight[2] = s.ly * hx; }
-  if (y1_in && x1_in) { s.pixel[3] = y1 * width + x1; s.weight[3] = s.ly * s.lx; }
+  if (y0_in && x0_in) {
+    s.pixel[0] = y0 * width + x0;
+    s.weight[0] = hy * hx;
+  }
+  if (y0_in && x1_in) {
+    s.pixel[1] = y0 * width + x1;
+    s.weight[1] = hy * s.lx;
+  }
+  if (y1_in && x0_in) {
+    s.pixel[2] = y1 * width + x0;
+    s.weight[2] = s.ly * hx;
+  }
+  if (y1_in && x1_in) {
+    s.pixel[3] = y1 * width + x1;
+    s.weight[3] = s.ly * s.lx;
+  }
   return s;
 }
 
@@ -131,7 +144,7 @@ TF_DCN_HD A RoundHalfAwayFromZero(A x) {
   const A big = A(4503599627370496.0);  // 2^52, exact in float and double
   if (!(x > -big && x < big)) return x;
   const A t = A(static_cast<int64_t>(x));  // truncation toward zero; exact since |x| < 2^52
-  const A r = x - t;                        // the fractional part, exact
+  const A r = x - t;                       // the fractional part, exact
   if (r >= A(0.5)) return t + A(1);
   if (r <= A(-0.5)) return t - A(1);
   return t;
@@ -189,8 +202,7 @@ TF_DCN_HD int64_t PoolGroupIndex(int64_t p, int64_t group_size, int64_t pooled) 
 // First sample position (h0, w0) of bin (ph, pw), shifted by (ty, tx) = offset * trans_std,
 // a fraction of the whole RoI. Sample (iy, ix) is at (h0 + iy*sub_h, w0 + ix*sub_w).
 template <typename A>
-TF_DCN_HD void PoolBinStart(const PoolRoi<A>& g, int64_t ph, int64_t pw, A ty, A tx, A* h0,
-                            A* w0) {
+TF_DCN_HD void PoolBinStart(const PoolRoi<A>& g, int64_t ph, int64_t pw, A ty, A tx, A* h0, A* w0) {
   *w0 = A(pw) * g.bin_w + g.x_start + tx * g.roi_w;
   *h0 = A(ph) * g.bin_h + g.y_start + ty * g.roi_h;
 }

@@ -28,13 +28,21 @@ CpuParallel MakeCpuParallel(tensorflow::OpKernelContext* ctx) {
 template <typename T>
 constexpr ElementType ElementTypeOf();
 template <>
-constexpr ElementType ElementTypeOf<Eigen::half>() { return ElementType::kHalf; }
+constexpr ElementType ElementTypeOf<Eigen::half>() {
+  return ElementType::kHalf;
+}
 template <>
-constexpr ElementType ElementTypeOf<Eigen::bfloat16>() { return ElementType::kBFloat16; }
+constexpr ElementType ElementTypeOf<Eigen::bfloat16>() {
+  return ElementType::kBFloat16;
+}
 template <>
-constexpr ElementType ElementTypeOf<float>() { return ElementType::kFloat; }
+constexpr ElementType ElementTypeOf<float>() {
+  return ElementType::kFloat;
+}
 template <>
-constexpr ElementType ElementTypeOf<double>() { return ElementType::kDouble; }
+constexpr ElementType ElementTypeOf<double>() {
+  return ElementType::kDouble;
+}
 
 absl::Status ChooseIsa(CpuIsa* isa) {
   std::string error;
@@ -66,8 +74,8 @@ struct DeformConv2DBackward<CPUDevice, T> {
                           T* grad_kernel, T* grad_bias) {
     CpuIsa isa;
     TF_RETURN_IF_ERROR(ChooseIsa(&isa));
-    const DeformConv2DBackwardArgs args{input,      offsets,      mask,      kernel,
-                                        grad_output, grad_input,  grad_offsets, grad_mask,
+    const DeformConv2DBackwardArgs args{input,       offsets,    mask,         kernel,
+                                        grad_output, grad_input, grad_offsets, grad_mask,
                                         grad_kernel, grad_bias};
     auto run = isa == CpuIsa::kAvx2 ? avx2::DeformConv2DBackward : generic::DeformConv2DBackward;
     run(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);

@@ -35,7 +35,6 @@ namespace tf_dcn {
 namespace TF_DCN_CPU_ISA {
 namespace {
 
-
 template <typename A>
 using RowMatrix = Eigen::Matrix<A, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <typename A>
@@ -96,7 +95,8 @@ inline int64_t ColumnIndex(const DeformConv2DDims& d, int64_t count, int64_t grp
 }
 
 // Gathers the (masked) bilinear samples of `count` output pixels starting at global pixel p0.
-// `zeros` holds C zeros of type T: outside corners read from it, so the channel loop is branch free.
+// `zeros` holds C zeros of type T: outside corners read from it, so the channel loop is branch
+// free.
 template <typename T, typename A>
 void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, const T* mask,
                    const T* zeros, int64_t p0, int64_t count, A* col) {
@@ -145,239 +145,237 @@ const A* KernelInAccType(const DeformConv2DDims& d, const T* kernel, std::vector
   }
 }
 
-
 template <typename T>
 void Forward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* input,
              const T* offsets, const T* mask, const T* kernel, const T* bias, T* output) {
-    using A = typename AccumulatorType<T>::type;
-    const int64_t total = d.out_pixels();
-    if (total == 0 || d.out_c == 0) return;
-    const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
-    const int64_t Cout = d.out_c, KCg = K * Cg;
-    const int64_t tile = PixelsPerTile(d, sizeof(A));
-    const int64_t num_tiles = (total + tile - 1) / tile;
+  using A = typename AccumulatorType<T>::type;
+  const int64_t total = d.out_pixels();
+  if (total == 0 || d.out_c == 0) return;
+  const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
+  const int64_t Cout = d.out_c, KCg = K * Cg;
+  const int64_t tile = PixelsPerTile(d, sizeof(A));
+  const int64_t num_tiles = (total + tile - 1) / tile;
 
-    std::vector<A> kernel_storage;
-    const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
-    const std::vector<T> zeros(d.in_c, T(0));
+  std::vector<A> kernel_storage;
+  const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
+  const std::vector<T> zeros(d.in_c, T(0));
 
-    const int64_t cost = tile * (K * d.in_c * 12 + 2 * KCg * Cout);
-    parallel.parallel_for(num_tiles, cost, [&](int64_t first, int64_t last) {
-      std::vector<A> col(d.groups * tile * KCg);
-      std::vector<A> out_tile(std::is_same_v<T, A> ? 0 : tile * Cout);
-      for (int64_t t = first; t < last; ++t) {
-        const int64_t p0 = t * tile, count = std::min(tile, total - p0);
-        GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, count, col.data());
-        A* out;
-        if constexpr (std::is_same_v<T, A>) {
-          out = output + p0 * Cout;
-        } else {
-          out = out_tile.data();
-        }
-        for (int64_t pp = 0; pp < count; ++pp) {
-          for (int64_t o = 0; o < Cout; ++o) out[pp * Cout + o] = bias ? A(bias[o]) : A(0);
-        }
-        for (int64_t grp = 0; grp < d.groups; ++grp) {
-          ConstMatrixMap<A> cols(col.data() + grp * count * KCg, count, KCg,
-                                 Eigen::OuterStride<>(KCg));
-          ConstMatrixMap<A> weights(W + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
-          MatrixMap<A> result(out + grp * Coutg, count, Coutg, Eigen::OuterStride<>(Cout));
-          result.noalias() += cols * weights;
-        }
-        if constexpr (!std::is_same_v<T, A>) {
-          T* dst = output + p0 * Cout;
-          for (int64_t e = 0; e < count * Cout; ++e) dst[e] = T(out_tile[e]);
-        }
+  const int64_t cost = tile * (K * d.in_c * 12 + 2 * KCg * Cout);
+  parallel.parallel_for(num_tiles, cost, [&](int64_t first, int64_t last) {
+    std::vector<A> col(d.groups * tile * KCg);
+    std::vector<A> out_tile(std::is_same_v<T, A> ? 0 : tile * Cout);
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t p0 = t * tile, count = std::min(tile, total - p0);
+      GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, count, col.data());
+      A* out;
+      if constexpr (std::is_same_v<T, A>) {
+        out = output + p0 * Cout;
+      } else {
+        out = out_tile.data();
       }
-    });
+      for (int64_t pp = 0; pp < count; ++pp) {
+        for (int64_t o = 0; o < Cout; ++o) out[pp * Cout + o] = bias ? A(bias[o]) : A(0);
+      }
+      for (int64_t grp = 0; grp < d.groups; ++grp) {
+        ConstMatrixMap<A> cols(col.data() + grp * count * KCg, count, KCg,
+                               Eigen::OuterStride<>(KCg));
+        ConstMatrixMap<A> weights(W + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
+        MatrixMap<A> result(out + grp * Coutg, count, Coutg, Eigen::OuterStride<>(Cout));
+        result.noalias() += cols * weights;
+      }
+      if constexpr (!std::is_same_v<T, A>) {
+        T* dst = output + p0 * Cout;
+        for (int64_t e = 0; e < count * Cout; ++e) dst[e] = T(out_tile[e]);
+      }
+    }
+  });
 }
 
 template <typename T>
 void Backward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* input,
-              const T* offsets, const T* mask, const T* kernel, const T* grad_output,
-              T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel, T* grad_bias) {
-    using A = typename AccumulatorType<T>::type;
-    const int64_t N = d.batch, C = d.in_c, HWC = d.in_h * d.in_w * C;
-    const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
-    const int64_t Cout = d.out_c, KCg = K * Cg, DG = d.deformable_groups, Cdg = d.in_c_per_dgroup();
-    const int64_t kernel_size = KCg * Cout;
-    const int64_t per_image = d.out_h * d.out_w;
-    const int64_t total = N * per_image;
+              const T* offsets, const T* mask, const T* kernel, const T* grad_output, T* grad_input,
+              T* grad_offsets, T* grad_mask, T* grad_kernel, T* grad_bias) {
+  using A = typename AccumulatorType<T>::type;
+  const int64_t N = d.batch, C = d.in_c, HWC = d.in_h * d.in_w * C;
+  const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
+  const int64_t Cout = d.out_c, KCg = K * Cg, DG = d.deformable_groups, Cdg = d.in_c_per_dgroup();
+  const int64_t kernel_size = KCg * Cout;
+  const int64_t per_image = d.out_h * d.out_w;
+  const int64_t total = N * per_image;
 
-    // Bias gradient: a plain ordered sum over pixels, parallel over output channels.
-    if (grad_bias) {
-      parallel.parallel_for(Cout, total * 2, [&](int64_t o0, int64_t o1) {
-        for (int64_t o = o0; o < o1; ++o) {
-          A sum = 0;
-          for (int64_t p = 0; p < total; ++p) sum += A(grad_output[p * Cout + o]);
-          grad_bias[o] = T(sum);
+  // Bias gradient: a plain ordered sum over pixels, parallel over output channels.
+  if (grad_bias) {
+    parallel.parallel_for(Cout, total * 2, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        A sum = 0;
+        for (int64_t p = 0; p < total; ++p) sum += A(grad_output[p * Cout + o]);
+        grad_bias[o] = T(sum);
+      }
+    });
+  }
+  if (total == 0 || HWC == 0) {
+    std::fill(grad_input, grad_input + N * HWC, T(0));
+    std::fill(grad_kernel, grad_kernel + kernel_size, T(0));
+    return;
+  }
+
+  // Work partition. With at least as many images as threads, a block takes whole images
+  // (S = 1); otherwise each image is split into S pixel ranges whose input-gradient partials are
+  // summed afterwards in a fixed order.
+  const int64_t threads = std::max(1, parallel.num_threads);
+  const int64_t tile = PixelsPerTile(d, sizeof(A));
+  int64_t splits = 1;
+  if (N < threads) {
+    const int64_t tiles_per_image = (per_image + tile - 1) / tile;
+    splits = std::clamp<int64_t>((threads + N - 1) / N, 1, std::max<int64_t>(1, tiles_per_image));
+  }
+  const int64_t blocks = splits == 1 ? std::min(N, threads) : N * splits;
+
+  std::vector<A> kernel_storage;
+  const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
+  const std::vector<T> zeros(C, T(0));
+  std::vector<A> input_partials(blocks * HWC);
+  std::vector<A> kernel_partials(blocks * kernel_size);
+
+  auto run_block = [&](int64_t b) {
+    A* din = input_partials.data() + b * HWC;
+    A* dker = kernel_partials.data() + b * kernel_size;
+    std::fill(dker, dker + kernel_size, A(0));
+    std::vector<A> col(d.groups * tile * KCg), dcol(d.groups * tile * KCg);
+    std::vector<A> gout_tile(std::is_same_v<T, A> ? 0 : tile * Cout);
+    std::vector<A> dummy(C);  // sink for the gradient of outside corners (weight 0)
+
+    // Processes output pixels [p_begin, p_end), all in one image, into din / dker.
+    auto process = [&](int64_t p_begin, int64_t p_end) {
+      for (int64_t p0 = p_begin; p0 < p_end; p0 += tile) {
+        const int64_t count = std::min(tile, p_end - p0);
+        GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, count, col.data());
+        const A* gout;
+        if constexpr (std::is_same_v<T, A>) {
+          gout = grad_output + p0 * Cout;
+        } else {
+          for (int64_t e = 0; e < count * Cout; ++e) gout_tile[e] = A(grad_output[p0 * Cout + e]);
+          gout = gout_tile.data();
         }
-      });
-    }
-    if (total == 0 || HWC == 0) {
-      std::fill(grad_input, grad_input + N * HWC, T(0));
-      std::fill(grad_kernel, grad_kernel + kernel_size, T(0));
-      return;
-    }
-
-    // Work partition. With at least as many images as threads, a block takes whole images
-    // (S = 1); otherwise each image is split into S pixel ranges whose input-gradient partials are
-    // summed afterwards in a fixed order.
-    const int64_t threads = std::max(1, parallel.num_threads);
-    const int64_t tile = PixelsPerTile(d, sizeof(A));
-    int64_t splits = 1;
-    if (N < threads) {
-      const int64_t tiles_per_image = (per_image + tile - 1) / tile;
-      splits = std::clamp<int64_t>((threads + N - 1) / N, 1, std::max<int64_t>(1, tiles_per_image));
-    }
-    const int64_t blocks = splits == 1 ? std::min(N, threads) : N * splits;
-
-    std::vector<A> kernel_storage;
-    const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
-    const std::vector<T> zeros(C, T(0));
-    std::vector<A> input_partials(blocks * HWC);
-    std::vector<A> kernel_partials(blocks * kernel_size);
-
-    auto run_block = [&](int64_t b) {
-      A* din = input_partials.data() + b * HWC;
-      A* dker = kernel_partials.data() + b * kernel_size;
-      std::fill(dker, dker + kernel_size, A(0));
-      std::vector<A> col(d.groups * tile * KCg), dcol(d.groups * tile * KCg);
-      std::vector<A> gout_tile(std::is_same_v<T, A> ? 0 : tile * Cout);
-      std::vector<A> dummy(C);  // sink for the gradient of outside corners (weight 0)
-
-      // Processes output pixels [p_begin, p_end), all in one image, into din / dker.
-      auto process = [&](int64_t p_begin, int64_t p_end) {
-        for (int64_t p0 = p_begin; p0 < p_end; p0 += tile) {
-          const int64_t count = std::min(tile, p_end - p0);
-          GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, count, col.data());
-          const A* gout;
-          if constexpr (std::is_same_v<T, A>) {
-            gout = grad_output + p0 * Cout;
-          } else {
-            for (int64_t e = 0; e < count * Cout; ++e) gout_tile[e] = A(grad_output[p0 * Cout + e]);
-            gout = gout_tile.data();
-          }
-          for (int64_t grp = 0; grp < d.groups; ++grp) {
-            ConstMatrixMap<A> g(gout + grp * Coutg, count, Coutg, Eigen::OuterStride<>(Cout));
-            ConstMatrixMap<A> w(W + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
-            ConstMatrixMap<A> cols(col.data() + grp * count * KCg, count, KCg,
-                                   Eigen::OuterStride<>(KCg));
-            MatrixMap<A> dcols(dcol.data() + grp * count * KCg, count, KCg,
-                               Eigen::OuterStride<>(KCg));
-            MatrixMap<A> dk(dker + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
-            dcols.noalias() = g * w.transpose();
-            dk.noalias() += cols.transpose() * g;
-          }
-          // Scatter the column gradient to input, offsets and mask.
-          for (int64_t pp = 0; pp < count; ++pp) {
-            const int64_t p = p0 + pp;
-            const PixelIndex px = Locate(d, p);
-            const T* image = input + px.n * HWC;
-            const T* off = offsets + p * 2 * DG * K;
-            const T* msk = mask ? mask + p * DG * K : nullptr;
-            T* doff = grad_offsets + p * 2 * DG * K;
-            T* dmsk = grad_mask ? grad_mask + p * DG * K : nullptr;
-            for (int64_t gk = 0; gk < DG * K; ++gk) {
-              const int64_t g = gk / K, k = gk - g * K;
-              const ConvSample<A> s = SampleAt<A>(d, px, off, gk);
-              const A m = msk ? A(msk[gk]) : A(1);
-              if (s.kind != kSampleInside) {
-                const A fill = s.kind == kSampleNaN ? QuietNaN<A>() : A(0);
-                doff[2 * gk] = T(fill);
-                doff[2 * gk + 1] = T(fill);
-                if (dmsk) dmsk[gk] = T(fill);
-                continue;
-              }
-              const T* src[4];
-              A* dst[4];
-              for (int q = 0; q < 4; ++q) {
-                src[q] = s.pixel[q] >= 0 ? image + s.pixel[q] * C : zeros.data();
-                dst[q] = s.pixel[q] >= 0 ? din + s.pixel[q] * C : dummy.data();
-              }
-              // Value and position derivatives are linear in the corner values, so the channel
-              // loop only accumulates the four dot products sum_c g[c] * corner_q[c] (vectorised,
-              // in a fixed order), and the helpers are applied to the sums.
-              A sums[4] = {0, 0, 0, 0};
-              const A w0 = m * s.weight[0], w1 = m * s.weight[1];
-              const A w2 = m * s.weight[2], w3 = m * s.weight[3];
-              ForEachGroupSegment(d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0,
-                                                                 int64_t c1) {
-                // All pointers start at channel c0 of their row.
-                const A* dc = dcol.data() + ColumnIndex(d, count, grp, pp, k, c0);
-                const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0, *s3 = src[3] + c0;
-                A *d0 = dst[0] + c0, *d1 = dst[1] + c0, *d2 = dst[2] + c0, *d3 = dst[3] + c0;
-                const int64_t width = c1 - c0;
-                A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-                for (int64_t c = 0; c < width; ++c) {
-                  const A gc = dc[c];
-                  a0 += gc * A(s0[c]);
-                  a1 += gc * A(s1[c]);
-                  a2 += gc * A(s2[c]);
-                  a3 += gc * A(s3[c]);
-                  d0[c] += w0 * gc;
-                  d1[c] += w1 * gc;
-                  d2[c] += w2 * gc;
-                  d3[c] += w3 * gc;
-                }
-                sums[0] += a0;
-                sums[1] += a1;
-                sums[2] += a2;
-                sums[3] += a3;
-              });
-              const A gm = ConvSampleValue(s, sums);
-              const A gy = ConvSampleDy(s, sums);
-              const A gx = ConvSampleDx(s, sums);
-              doff[2 * gk] = T(m * gy);
-              doff[2 * gk + 1] = T(m * gx);
-              if (dmsk) dmsk[gk] = T(gm);
+        for (int64_t grp = 0; grp < d.groups; ++grp) {
+          ConstMatrixMap<A> g(gout + grp * Coutg, count, Coutg, Eigen::OuterStride<>(Cout));
+          ConstMatrixMap<A> w(W + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
+          ConstMatrixMap<A> cols(col.data() + grp * count * KCg, count, KCg,
+                                 Eigen::OuterStride<>(KCg));
+          MatrixMap<A> dcols(dcol.data() + grp * count * KCg, count, KCg,
+                             Eigen::OuterStride<>(KCg));
+          MatrixMap<A> dk(dker + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
+          dcols.noalias() = g * w.transpose();
+          dk.noalias() += cols.transpose() * g;
+        }
+        // Scatter the column gradient to input, offsets and mask.
+        for (int64_t pp = 0; pp < count; ++pp) {
+          const int64_t p = p0 + pp;
+          const PixelIndex px = Locate(d, p);
+          const T* image = input + px.n * HWC;
+          const T* off = offsets + p * 2 * DG * K;
+          const T* msk = mask ? mask + p * DG * K : nullptr;
+          T* doff = grad_offsets + p * 2 * DG * K;
+          T* dmsk = grad_mask ? grad_mask + p * DG * K : nullptr;
+          for (int64_t gk = 0; gk < DG * K; ++gk) {
+            const int64_t g = gk / K, k = gk - g * K;
+            const ConvSample<A> s = SampleAt<A>(d, px, off, gk);
+            const A m = msk ? A(msk[gk]) : A(1);
+            if (s.kind != kSampleInside) {
+              const A fill = s.kind == kSampleNaN ? QuietNaN<A>() : A(0);
+              doff[2 * gk] = T(fill);
+              doff[2 * gk + 1] = T(fill);
+              if (dmsk) dmsk[gk] = T(fill);
+              continue;
             }
+            const T* src[4];
+            A* dst[4];
+            for (int q = 0; q < 4; ++q) {
+              src[q] = s.pixel[q] >= 0 ? image + s.pixel[q] * C : zeros.data();
+              dst[q] = s.pixel[q] >= 0 ? din + s.pixel[q] * C : dummy.data();
+            }
+            // Value and position derivatives are linear in the corner values, so the channel
+            // loop only accumulates the four dot products sum_c g[c] * corner_q[c] (vectorised,
+            // in a fixed order), and the helpers are applied to the sums.
+            A sums[4] = {0, 0, 0, 0};
+            const A w0 = m * s.weight[0], w1 = m * s.weight[1];
+            const A w2 = m * s.weight[2], w3 = m * s.weight[3];
+            ForEachGroupSegment(
+                d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
+                  // All pointers start at channel c0 of their row.
+                  const A* dc = dcol.data() + ColumnIndex(d, count, grp, pp, k, c0);
+                  const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0,
+                          *s3 = src[3] + c0;
+                  A *d0 = dst[0] + c0, *d1 = dst[1] + c0, *d2 = dst[2] + c0, *d3 = dst[3] + c0;
+                  const int64_t width = c1 - c0;
+                  A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+                  for (int64_t c = 0; c < width; ++c) {
+                    const A gc = dc[c];
+                    a0 += gc * A(s0[c]);
+                    a1 += gc * A(s1[c]);
+                    a2 += gc * A(s2[c]);
+                    a3 += gc * A(s3[c]);
+                    d0[c] += w0 * gc;
+                    d1[c] += w1 * gc;
+                    d2[c] += w2 * gc;
+                    d3[c] += w3 * gc;
+                  }
+                  sums[0] += a0;
+                  sums[1] += a1;
+                  sums[2] += a2;
+                  sums[3] += a3;
+                });
+            const A gm = ConvSampleValue(s, sums);
+            const A gy = ConvSampleDy(s, sums);
+            const A gx = ConvSampleDx(s, sums);
+            doff[2 * gk] = T(m * gy);
+            doff[2 * gk + 1] = T(m * gx);
+            if (dmsk) dmsk[gk] = T(gm);
           }
         }
-      };
-
-      if (splits == 1) {
-        const int64_t n0 = N * b / blocks, n1 = N * (b + 1) / blocks;
-        for (int64_t n = n0; n < n1; ++n) {
-          std::fill(din, din + HWC, A(0));
-          process(n * per_image, (n + 1) * per_image);
-          T* dst = grad_input + n * HWC;
-          for (int64_t e = 0; e < HWC; ++e) dst[e] = T(din[e]);
-        }
-      } else {
-        const int64_t n = b / splits, s = b - n * splits;
-        std::fill(din, din + HWC, A(0));
-        process(n * per_image + per_image * s / splits,
-                n * per_image + per_image * (s + 1) / splits);
       }
     };
 
-    const int64_t block_cost = (total / blocks + 1) * (K * C * 30 + 4 * KCg * Cout);
-    parallel.parallel_for(blocks, block_cost, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) run_block(b);
-    });
-
-    // Ordered reductions of the partials.
-    if (splits > 1) {
-      parallel.parallel_for(N * HWC, splits * 2, [&](int64_t e0, int64_t e1) {
-        for (int64_t e = e0; e < e1; ++e) {
-          const int64_t n = e / HWC, r = e - n * HWC;
-          A sum = 0;
-          for (int64_t s = 0; s < splits; ++s) sum += input_partials[(n * splits + s) * HWC + r];
-          grad_input[e] = T(sum);
-        }
-      });
+    if (splits == 1) {
+      const int64_t n0 = N * b / blocks, n1 = N * (b + 1) / blocks;
+      for (int64_t n = n0; n < n1; ++n) {
+        std::fill(din, din + HWC, A(0));
+        process(n * per_image, (n + 1) * per_image);
+        T* dst = grad_input + n * HWC;
+        for (int64_t e = 0; e < HWC; ++e) dst[e] = T(din[e]);
+      }
+    } else {
+      const int64_t n = b / splits, s = b - n * splits;
+      std::fill(din, din + HWC, A(0));
+      process(n * per_image + per_image * s / splits, n * per_image + per_image * (s + 1) / splits);
     }
-    parallel.parallel_for(kernel_size, blocks * 2, [&](int64_t e0, int64_t e1) {
+  };
+
+  const int64_t block_cost = (total / blocks + 1) * (K * C * 30 + 4 * KCg * Cout);
+  parallel.parallel_for(blocks, block_cost, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) run_block(b);
+  });
+
+  // Ordered reductions of the partials.
+  if (splits > 1) {
+    parallel.parallel_for(N * HWC, splits * 2, [&](int64_t e0, int64_t e1) {
       for (int64_t e = e0; e < e1; ++e) {
+        const int64_t n = e / HWC, r = e - n * HWC;
         A sum = 0;
-        for (int64_t b = 0; b < blocks; ++b) sum += kernel_partials[b * kernel_size + e];
-        grad_kernel[e] = T(sum);
+        for (int64_t s = 0; s < splits; ++s) sum += input_partials[(n * splits + s) * HWC + r];
+        grad_input[e] = T(sum);
       }
     });
+  }
+  parallel.parallel_for(kernel_size, blocks * 2, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      A sum = 0;
+      for (int64_t b = 0; b < blocks; ++b) sum += kernel_partials[b * kernel_size + e];
+      grad_kernel[e] = T(sum);
+    }
+  });
 }
-
 
 }  // namespace
 
@@ -390,15 +388,19 @@ void DeformConv2DForward(ElementType type, const DeformConv2DDims& d, const CpuP
                static_cast<const T*>(a.bias), static_cast<T*>(a.output));
   };
   switch (type) {
-    case ElementType::kHalf: return run(Eigen::half());
-    case ElementType::kBFloat16: return run(Eigen::bfloat16());
-    case ElementType::kFloat: return run(float());
-    case ElementType::kDouble: return run(double());
+    case ElementType::kHalf:
+      return run(Eigen::half());
+    case ElementType::kBFloat16:
+      return run(Eigen::bfloat16());
+    case ElementType::kFloat:
+      return run(float());
+    case ElementType::kDouble:
+      return run(double());
   }
 }
 
-void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d,
-                          const CpuParallel& parallel, const DeformConv2DBackwardArgs& a) {
+void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d, const CpuParallel& parallel,
+                          const DeformConv2DBackwardArgs& a) {
   auto run = [&](auto tag) {
     using T = decltype(tag);
     Backward<T>(d, parallel, static_cast<const T*>(a.input), static_cast<const T*>(a.offsets),
@@ -408,10 +410,14 @@ void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d,
                 static_cast<T*>(a.grad_kernel), static_cast<T*>(a.grad_bias));
   };
   switch (type) {
-    case ElementType::kHalf: return run(Eigen::half());
-    case ElementType::kBFloat16: return run(Eigen::bfloat16());
-    case ElementType::kFloat: return run(float());
-    case ElementType::kDouble: return run(double());
+    case ElementType::kHalf:
+      return run(Eigen::half());
+    case ElementType::kBFloat16:
+      return run(Eigen::bfloat16());
+    case ElementType::kFloat:
+      return run(float());
+    case ElementType::kDouble:
+      return run(double());
   }
 }
 

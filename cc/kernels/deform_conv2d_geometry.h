@@ -20,8 +20,8 @@ struct AxisGeometry {
 // the padded input. `explicit_before/after` are used only in kExplicit mode. TensorFlow's SAME
 // rule: total = max((ceil(in/stride)-1)*stride + eff_k - in, 0), before = total/2.
 inline bool ComputeAxisGeometry(int64_t in_size, int64_t kernel, int64_t stride, int64_t dilation,
-                                PaddingMode mode, int64_t explicit_before,
-                                int64_t explicit_after, AxisGeometry* g) {
+                                PaddingMode mode, int64_t explicit_before, int64_t explicit_after,
+                                AxisGeometry* g) {
   const int64_t eff_k = dilation * (kernel - 1) + 1;
   if (mode == PaddingMode::kSame) {
     g->out_size = (in_size + stride - 1) / stride;

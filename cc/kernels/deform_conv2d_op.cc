@@ -80,12 +80,13 @@ absl::Status ComputeDeformConv2DDims(const DeformConv2DAttrs& a, const Tensor& i
                                      const Tensor& kernel, const Tensor& bias,
                                      DeformConv2DDims* d) {
   if (input.dims() != 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "inputs: expected a 4-D tensor [N, H, W, C], got shape ", ShapeString(input)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("inputs: expected a 4-D tensor [N, H, W, C], got shape ", ShapeString(input)));
   }
   if (offsets.dims() != 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "offsets: expected a 4-D tensor [N, Ho, Wo, 2*DG*kh*kw], got shape ", ShapeString(offsets)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("offsets: expected a 4-D tensor [N, Ho, Wo, 2*DG*kh*kw], got shape ",
+                     ShapeString(offsets)));
   }
   if (kernel.dims() != 4) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -134,14 +135,13 @@ absl::Status ComputeDeformConv2DDims(const DeformConv2DAttrs& a, const Tensor& i
         absl::StrCat("kernel: spatial size must be positive, got shape ", ShapeString(kernel)));
   }
   if (d->in_c % d->groups != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("groups: input channels (", d->in_c,
-                                                   ") are not divisible by groups (", d->groups,
-                                                   ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "groups: input channels (", d->in_c, ") are not divisible by groups (", d->groups, ")"));
   }
   if (d->in_c % d->deformable_groups != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("deformable_groups: input channels (", d->in_c,
-                     ") are not divisible by deformable_groups (", d->deformable_groups, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("deformable_groups: input channels (", d->in_c,
+                                                   ") are not divisible by deformable_groups (",
+                                                   d->deformable_groups, ")"));
   }
   if (d->out_c % d->groups != 0) {
     return absl::InvalidArgumentError(absl::StrCat("groups: output channels of kernel (", d->out_c,
@@ -162,17 +162,17 @@ absl::Status ComputeDeformConv2DDims(const DeformConv2DAttrs& a, const Tensor& i
   AxisGeometry gh, gw;
   if (!ComputeAxisGeometry(d->in_h, d->kernel_h, d->stride_h, d->dilation_h, a.padding,
                            a.explicit_paddings[0], a.explicit_paddings[1], &gh)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kernel: the dilated kernel height (", d->dilation_h * (d->kernel_h - 1) + 1,
-        ") is larger than the padded height of inputs (",
-        d->in_h + a.explicit_paddings[0] + a.explicit_paddings[1], ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kernel: the dilated kernel height (", d->dilation_h * (d->kernel_h - 1) + 1,
+                     ") is larger than the padded height of inputs (",
+                     d->in_h + a.explicit_paddings[0] + a.explicit_paddings[1], ")"));
   }
   if (!ComputeAxisGeometry(d->in_w, d->kernel_w, d->stride_w, d->dilation_w, a.padding,
                            a.explicit_paddings[2], a.explicit_paddings[3], &gw)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kernel: the dilated kernel width (", d->dilation_w * (d->kernel_w - 1) + 1,
-        ") is larger than the padded width of inputs (",
-        d->in_w + a.explicit_paddings[2] + a.explicit_paddings[3], ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kernel: the dilated kernel width (", d->dilation_w * (d->kernel_w - 1) + 1,
+                     ") is larger than the padded width of inputs (",
+                     d->in_w + a.explicit_paddings[2] + a.explicit_paddings[3], ")"));
   }
   d->out_h = gh.out_size;
   d->out_w = gw.out_size;
@@ -181,9 +181,9 @@ absl::Status ComputeDeformConv2DDims(const DeformConv2DAttrs& a, const Tensor& i
 
   const TensorShape want_offsets({d->batch, d->out_h, d->out_w, d->offset_channels()});
   if (offsets.shape() != want_offsets) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "offsets: expected shape ", want_offsets.DebugString(),
-        " ([N, Ho, Wo, 2*deformable_groups*kh*kw]), got ", ShapeString(offsets)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("offsets: expected shape ", want_offsets.DebugString(),
+                     " ([N, Ho, Wo, 2*deformable_groups*kh*kw]), got ", ShapeString(offsets)));
   }
   if (a.use_mask) {
     const TensorShape want_mask({d->batch, d->out_h, d->out_w, d->mask_channels()});
@@ -219,8 +219,8 @@ class DeformConv2DOp : public OpKernel {
     DeformConv2DDims d;
     OP_REQUIRES_OK(ctx, ComputeDeformConv2DDims(attrs_, input, offsets, mask, kernel, bias, &d));
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.batch, d.out_h, d.out_w, d.out_c}),
-                                             &output));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(0, TensorShape({d.batch, d.out_h, d.out_w, d.out_c}), &output));
     if (output->NumElements() == 0) return;
     OP_REQUIRES_OK(ctx, DeformConv2DForward<Device, T>()(
                             ctx, d, input.flat<T>().data(), offsets.flat<T>().data(),
@@ -256,19 +256,19 @@ class DeformConv2DGradOp : public OpKernel {
     Tensor *grad_input, *grad_offsets, *grad_mask, *grad_kernel, *grad_bias;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, input.shape(), &grad_input));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, offsets.shape(), &grad_offsets));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, d.use_mask ? mask.shape() : TensorShape({0}),
-                                             &grad_mask));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(2, d.use_mask ? mask.shape() : TensorShape({0}), &grad_mask));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, kernel.shape(), &grad_kernel));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, d.use_bias ? bias.shape() : TensorShape({0}),
-                                             &grad_bias));
-    OP_REQUIRES_OK(ctx, DeformConv2DBackward<Device, T>()(
-                            ctx, d, input.flat<T>().data(), offsets.flat<T>().data(),
-                            DataOrNull<T>(mask, d.use_mask), kernel.flat<T>().data(),
-                            grad_output.flat<T>().data(), grad_input->flat<T>().data(),
-                            grad_offsets->flat<T>().data(),
-                            d.use_mask ? grad_mask->flat<T>().data() : nullptr,
-                            grad_kernel->flat<T>().data(),
-                            d.use_bias ? grad_bias->flat<T>().data() : nullptr));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(4, d.use_bias ? bias.shape() : TensorShape({0}), &grad_bias));
+    OP_REQUIRES_OK(
+        ctx,
+        DeformConv2DBackward<Device, T>()(
+            ctx, d, input.flat<T>().data(), offsets.flat<T>().data(),
+            DataOrNull<T>(mask, d.use_mask), kernel.flat<T>().data(), grad_output.flat<T>().data(),
+            grad_input->flat<T>().data(), grad_offsets->flat<T>().data(),
+            d.use_mask ? grad_mask->flat<T>().data() : nullptr, grad_kernel->flat<T>().data(),
+            d.use_bias ? grad_bias->flat<T>().data() : nullptr));
   }
 
  private:

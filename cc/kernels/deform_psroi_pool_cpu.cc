@@ -52,8 +52,8 @@ RoiInfo<A> ResolveRoi(const DeformPSRoIPoolDims& d, const TR* rois, int64_t r) {
   RoiInfo<A> info;
   // The op shim checked that box[0] is an integer in [0, N).
   info.batch = static_cast<int64_t>(box[0]);
-  info.geom = MakePoolRoi<A, TR>(box[1], box[2], box[3], box[4], A(d.spatial_scale),
-                                 d.pooled_size, d.sample_per_part);
+  info.geom = MakePoolRoi<A, TR>(box[1], box[2], box[3], box[4], A(d.spatial_scale), d.pooled_size,
+                                 d.sample_per_part);
   return info;
 }
 
@@ -67,8 +67,8 @@ struct BinOrigin {
 
 // roi_offsets: offsets of this RoI ([part, part, 2*num_classes]) or nullptr without offsets.
 template <typename A, typename T>
-BinOrigin<A> MakeBinOrigin(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g,
-                           const T* roi_offsets, int64_t ph, int64_t pw, int64_t cls) {
+BinOrigin<A> MakeBinOrigin(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, const T* roi_offsets,
+                           int64_t ph, int64_t pw, int64_t cls) {
   BinOrigin<A> b;
   b.h0 = b.w0 = A(0);
   b.nan_origin = !g.finite;
@@ -88,8 +88,8 @@ BinOrigin<A> MakeBinOrigin(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g,
 // Calls fn(sample) for every sample of the bin, kept, skipped or NaN, in row-major order. Nothing
 // is stored, so the memory use does not depend on sample_per_part.
 template <typename A, typename Fn>
-inline void ForEachSample(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g,
-                          const BinOrigin<A>& b, Fn fn) {
+inline void ForEachSample(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, const BinOrigin<A>& b,
+                          Fn fn) {
   for (int64_t iy = 0; iy < d.sample_per_part; ++iy) {
     const A h = b.h0 + A(iy) * g.sub_h;
     for (int64_t ix = 0; ix < d.sample_per_part; ++ix) {
@@ -191,8 +191,8 @@ struct DeformPSRoIPoolForward<CPUDevice, T, TR> {
     if (units == 0) return absl::OkStatus();
     const int64_t C = d.channels, GG = d.group_cells(), D = d.output_dim;
     const int64_t Ce = d.channels_each_class(), P = d.pooled_size;
-    const int64_t cost = Cost({double(d.num_classes), double(d.samples_per_bin()),
-                               60.0 + 12.0 * double(Ce)});
+    const int64_t cost =
+        Cost({double(d.num_classes), double(d.samples_per_bin()), 60.0 + 12.0 * double(Ce)});
 
     Workers(ctx)->ParallelFor(units, cost, [&](int64_t first, int64_t last) {
       std::vector<A> acc(Ce);
@@ -240,8 +240,8 @@ struct DeformPSRoIPoolForward<CPUDevice, T, TR> {
 template <typename T, typename TR>
 struct DeformPSRoIPoolBackward<CPUDevice, T, TR> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
-                          const T* features, const TR* rois, const T* offsets,
-                          const T* grad_output, T* grad_features, T* grad_offsets) {
+                          const T* features, const TR* rois, const T* offsets, const T* grad_output,
+                          T* grad_features, T* grad_offsets) {
     using A = typename AccumulatorType<T>::type;
     auto* workers = Workers(ctx);
     const int64_t C = d.channels, GG = d.group_cells(), D = d.output_dim;
@@ -332,8 +332,8 @@ struct DeformPSRoIPoolBackward<CPUDevice, T, TR> {
           for (int64_t pw = 0; pw < P; ++pw) {
             const int64_t gidx = PoolGroupIndex(ph, d.group_size, P) * d.group_size +
                                  PoolGroupIndex(pw, d.group_size, P);
-            const int64_t cell = PoolPartIndex(ph, d.part_size, P) * d.part_size +
-                                 PoolPartIndex(pw, d.part_size, P);
+            const int64_t cell =
+                PoolPartIndex(ph, d.part_size, P) * d.part_size + PoolPartIndex(pw, d.part_size, P);
             const T* gout = grad_output + ((r * P + ph) * P + pw) * D;
             for (int64_t cls = 0; cls < d.num_classes; ++cls) {
               A* dcell = doff.data() + cell * d.offset_channels() + 2 * cls;
@@ -377,7 +377,7 @@ struct DeformPSRoIPoolBackward<CPUDevice, T, TR> {
   }
 };
 
-#define TF_DCN_INSTANTIATE_CPU(T, TR)                         \
+#define TF_DCN_INSTANTIATE_CPU(T, TR)                       \
   template struct DeformPSRoIPoolForward<CPUDevice, T, TR>; \
   template struct DeformPSRoIPoolBackward<CPUDevice, T, TR>;
 #define TF_DCN_INSTANTIATE_CPU_ALL_ROIS(T) \

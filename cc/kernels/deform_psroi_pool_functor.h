@@ -24,8 +24,8 @@ struct DeformPSRoIPoolForward {
 template <typename Device, typename T, typename TR>
 struct DeformPSRoIPoolBackward {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
-                          const T* features, const TR* rois, const T* offsets,
-                          const T* grad_output, T* grad_features, T* grad_offsets);
+                          const T* features, const TR* rois, const T* offsets, const T* grad_output,
+                          T* grad_features, T* grad_offsets);
 };
 
 }  // namespace tf_dcn

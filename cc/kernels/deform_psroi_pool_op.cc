@@ -110,9 +110,9 @@ absl::Status ComputeDeformPSRoIPoolDims(const DeformPSRoIPoolAttrs& a, const Ten
   // compare by division instead.
   const int64_t gg = a.group_size * a.group_size;  // < 2^62
   if (d->channels % gg != 0 || d->channels / gg != a.output_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "features: expected C = output_dim * group_size^2 = ", a.output_dim, " * ",
-        a.group_size, "^2 channels, got shape ", ShapeString(features)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("features: expected C = output_dim * group_size^2 = ", a.output_dim, " * ",
+                     a.group_size, "^2 channels, got shape ", ShapeString(features)));
   }
   if (a.use_offsets) {
     if (offsets.dims() != 4) {
@@ -122,10 +122,9 @@ absl::Status ComputeDeformPSRoIPoolDims(const DeformPSRoIPoolAttrs& a, const Ten
                        ShapeString(offsets)));
     }
     if (offsets.dim_size(0) != d->num_rois) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("offsets: expected ", d->num_rois,
-                       " RoIs in dimension 0 (the rows of rois), got shape ",
-                       ShapeString(offsets)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "offsets: expected ", d->num_rois, " RoIs in dimension 0 (the rows of rois), got shape ",
+          ShapeString(offsets)));
     }
     if (offsets.dim_size(1) != a.part_size || offsets.dim_size(2) != a.part_size) {
       return absl::InvalidArgumentError(absl::StrCat("offsets: expected part_size = ", a.part_size,
@@ -251,16 +250,16 @@ class DeformPSRoIPoolGradOp : public OpKernel {
   DeformPSRoIPoolAttrs attrs_;
 };
 
-#define TF_DCN_REGISTER_CPU(T, TR)                                     \
-  REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPool")            \
-                              .Device(::tensorflow::DEVICE_CPU)        \
-                              .TypeConstraint<T>("T")                  \
-                              .TypeConstraint<TR>("Troi"),             \
-                          DeformPSRoIPoolOp<CPUDevice, T, TR>);        \
-  REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPoolGrad")        \
-                              .Device(::tensorflow::DEVICE_CPU)        \
-                              .TypeConstraint<T>("T")                  \
-                              .TypeConstraint<TR>("Troi"),             \
+#define TF_DCN_REGISTER_CPU(T, TR)                              \
+  REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPool")     \
+                              .Device(::tensorflow::DEVICE_CPU) \
+                              .TypeConstraint<T>("T")           \
+                              .TypeConstraint<TR>("Troi"),      \
+                          DeformPSRoIPoolOp<CPUDevice, T, TR>); \
+  REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPoolGrad") \
+                              .Device(::tensorflow::DEVICE_CPU) \
+                              .TypeConstraint<T>("T")           \
+                              .TypeConstraint<TR>("Troi"),      \
                           DeformPSRoIPoolGradOp<CPUDevice, T, TR>);
 #define TF_DCN_REGISTER_CPU_ALL_ROIS(T) \
   TF_DCN_REGISTER_CPU(T, float)         \

@@ -101,7 +101,8 @@ absl::Status DeformConv2DShape(InferenceContext* c) {
   if (c->ValueKnown(in_c)) {
     if (c->Value(in_c) % groups != 0) {
       return absl::InvalidArgumentError(absl::StrCat("groups: input channels (", c->Value(in_c),
-                                                     ") must be divisible by groups (", groups, ")"));
+                                                     ") must be divisible by groups (", groups,
+                                                     ")"));
     }
     if (c->Value(in_c) % dgroups != 0) {
       return absl::InvalidArgumentError(
@@ -123,15 +124,15 @@ absl::Status DeformConv2DShape(InferenceContext* c) {
 
 }  // namespace
 
-#define TF_DCN_DEFORM_CONV2D_ATTRS                         \
-  Attr("T: {half, bfloat16, float, double}")               \
-      .Attr("strides: list(int) = [1, 1]")                 \
-      .Attr("dilations: list(int) = [1, 1]")               \
-      .Attr("padding: {'VALID', 'SAME', 'EXPLICIT'}")      \
-      .Attr("explicit_paddings: list(int) = []")           \
-      .Attr("groups: int >= 1 = 1")                        \
-      .Attr("deformable_groups: int >= 1 = 1")             \
-      .Attr("use_mask: bool = false")                      \
+#define TF_DCN_DEFORM_CONV2D_ATTRS                    \
+  Attr("T: {half, bfloat16, float, double}")          \
+      .Attr("strides: list(int) = [1, 1]")            \
+      .Attr("dilations: list(int) = [1, 1]")          \
+      .Attr("padding: {'VALID', 'SAME', 'EXPLICIT'}") \
+      .Attr("explicit_paddings: list(int) = []")      \
+      .Attr("groups: int >= 1 = 1")                   \
+      .Attr("deformable_groups: int >= 1 = 1")        \
+      .Attr("use_mask: bool = false")                 \
       .Attr("use_bias: bool = false")
 
 // inputs [N, H, W, C]; offsets [N, Ho, Wo, 2*DG*kh*kw] with (dy, dx) pairs, deformable group
@@ -144,8 +145,7 @@ REGISTER_OP("TfDcn>DeformableConv2D")
     .Input("kernel: T")
     .Input("bias: T")
     .Output("output: T")
-    .TF_DCN_DEFORM_CONV2D_ATTRS
-    .SetShapeFn(DeformConv2DShape);
+    .TF_DCN_DEFORM_CONV2D_ATTRS.SetShapeFn(DeformConv2DShape);
 
 // The fused backward pass: gradients of all five inputs (empty [0] for an unused mask or bias).
 REGISTER_OP("TfDcn>DeformableConv2DGrad")
@@ -160,8 +160,7 @@ REGISTER_OP("TfDcn>DeformableConv2DGrad")
     .Output("grad_mask: T")
     .Output("grad_kernel: T")
     .Output("grad_bias: T")
-    .TF_DCN_DEFORM_CONV2D_ATTRS
-    .SetShapeFn([](InferenceContext* c) {
+    .TF_DCN_DEFORM_CONV2D_ATTRS.SetShapeFn([](InferenceContext* c) {
       ShapeHandle unused;
       TF_RETURN_IF_ERROR(DeformConv2DShape(c));
       TF_RETURN_IF_ERROR(c->Merge(c->output(0), c->input(5), &unused));

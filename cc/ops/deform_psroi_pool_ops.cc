@@ -45,13 +45,12 @@ absl::Status DeformPSRoIPoolShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->GetAttr("sample_per_part", &sample_per_part));
   TF_RETURN_IF_ERROR(c->GetAttr("use_offsets", &use_offsets));
   const int64_t sizes[] = {output_dim, group_size, pooled_size, part_size, sample_per_part};
-  const char* names[] = {"output_dim", "group_size", "pooled_size", "part_size",
-                         "sample_per_part"};
+  const char* names[] = {"output_dim", "group_size", "pooled_size", "part_size", "sample_per_part"};
   for (int i = 0; i < 5; ++i) {
     if (sizes[i] < 1 || sizes[i] > kMaxSizeAttr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          names[i], ": expected a positive integer no larger than ", kMaxSizeAttr, ", got ",
-          sizes[i]));
+      return absl::InvalidArgumentError(
+          absl::StrCat(names[i], ": expected a positive integer no larger than ", kMaxSizeAttr,
+                       ", got ", sizes[i]));
     }
   }
 
@@ -60,9 +59,9 @@ absl::Status DeformPSRoIPoolShape(InferenceContext* c) {
   if (c->ValueKnown(channels)) {
     const int64_t gg = group_size * group_size;
     if (c->Value(channels) % gg != 0 || c->Value(channels) / gg != output_dim) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "features: expected C = output_dim * group_size^2 = ", output_dim, " * ", group_size,
-          "^2 channels, got shape ", c->DebugString(features)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("features: expected C = output_dim * group_size^2 = ", output_dim, " * ",
+                       group_size, "^2 channels, got shape ", c->DebugString(features)));
     }
   }
 
@@ -95,16 +94,16 @@ absl::Status DeformPSRoIPoolShape(InferenceContext* c) {
 
 }  // namespace
 
-#define TF_DCN_DEFORM_PSROI_POOL_ATTRS                   \
-  Attr("T: {half, bfloat16, float, double}")             \
-      .Attr("Troi: {float, double} = DT_FLOAT")          \
-      .Attr("output_dim: int >= 1")                      \
-      .Attr("group_size: int >= 1")                      \
-      .Attr("pooled_size: int >= 1")                     \
-      .Attr("part_size: int >= 1")                       \
-      .Attr("sample_per_part: int >= 1 = 4")             \
-      .Attr("trans_std: float = 0.1")                    \
-      .Attr("spatial_scale: float = 1.0")                \
+#define TF_DCN_DEFORM_PSROI_POOL_ATTRS          \
+  Attr("T: {half, bfloat16, float, double}")    \
+      .Attr("Troi: {float, double} = DT_FLOAT") \
+      .Attr("output_dim: int >= 1")             \
+      .Attr("group_size: int >= 1")             \
+      .Attr("pooled_size: int >= 1")            \
+      .Attr("part_size: int >= 1")              \
+      .Attr("sample_per_part: int >= 1 = 4")    \
+      .Attr("trans_std: float = 0.1")           \
+      .Attr("spatial_scale: float = 1.0")       \
       .Attr("use_offsets: bool = false")
 
 // features [N, H, W, output_dim*group_size^2]; rois [R, 5] = (batch_index, x1, y1, x2, y2) in
@@ -115,8 +114,7 @@ REGISTER_OP("TfDcn>DeformablePSRoIPool")
     .Input("rois: Troi")
     .Input("offsets: T")
     .Output("output: T")
-    .TF_DCN_DEFORM_PSROI_POOL_ATTRS
-    .SetShapeFn(DeformPSRoIPoolShape);
+    .TF_DCN_DEFORM_PSROI_POOL_ATTRS.SetShapeFn(DeformPSRoIPoolShape);
 
 // Gradients w.r.t. features and offsets (empty [0] without offsets); rois get none.
 REGISTER_OP("TfDcn>DeformablePSRoIPoolGrad")
@@ -126,8 +124,7 @@ REGISTER_OP("TfDcn>DeformablePSRoIPoolGrad")
     .Input("grad_output: T")
     .Output("grad_features: T")
     .Output("grad_offsets: T")
-    .TF_DCN_DEFORM_PSROI_POOL_ATTRS
-    .SetShapeFn([](InferenceContext* c) {
+    .TF_DCN_DEFORM_PSROI_POOL_ATTRS.SetShapeFn([](InferenceContext* c) {
       ShapeHandle grad_output, features, offsets;
       TF_RETURN_IF_ERROR(DeformPSRoIPoolShape(c));
       TF_RETURN_IF_ERROR(c->Merge(c->output(0), c->input(3), &grad_output));
@@ -143,9 +140,9 @@ REGISTER_OP("TfDcn>DeformablePSRoIPoolGrad")
                                      ? c->MakeDim(output_dim * gg)
                                      : c->UnknownDim();
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &features));
-      TF_RETURN_IF_ERROR(c->Merge(features, c->MakeShape({c->UnknownDim(), c->UnknownDim(),
-                                                          c->UnknownDim(), channels}),
-                                  &features));
+      TF_RETURN_IF_ERROR(c->Merge(
+          features, c->MakeShape({c->UnknownDim(), c->UnknownDim(), c->UnknownDim(), channels}),
+          &features));
       c->set_output(0, features);
       if (use_offsets) {
         TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 4, &offsets));
