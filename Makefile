@@ -6,6 +6,7 @@
 #   make demo    build + python -m tf_dcn.demo
 #   make wheel   platform wheel in dist/ (build_pip_pkg.sh)
 #   make bench   CPU benchmarks (bench/)
+#   make bazel   the CPU op library built with Bazel instead (build/bazel/_tf_dcn_ops.so)
 
 PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV        := .venv
@@ -32,9 +33,12 @@ OBJS := $(patsubst %.cc,$(BUILD)/%.o,$(OPS_SRCS))
 
 CXX      ?= g++
 CXXFLAGS ?= -O3 -DNDEBUG
+# -fopenmp-simd honours `#pragma omp simd` (vectorised reductions in a fixed order) without
+# linking any OpenMP runtime. cc/BUILD uses the same flags (tests/test_bazel.py compares outputs).
+SIMD     := -fopenmp-simd
 WARN     := -Wall -Wno-deprecated-declarations -Wno-interference-size -Wno-sign-compare -Wno-unused-function
 
-.PHONY: all venv build test demo wheel bench clean distclean print-sources
+.PHONY: all venv build test demo wheel bench bazel clean distclean print-sources
 .DELETE_ON_ERROR:
 
 all: build
@@ -59,12 +63,11 @@ ifneq ($(filter-out venv clean distclean print-sources,$(or $(MAKECMDGOALS),all)
 endif
 
 # Extra instruction sets, only for the translation units that are dispatched at run time.
-$(BUILD)/cc/kernels/%_avx2.o: ISA_FLAGS := -mavx2 -mfma -mf16c -fopenmp-simd
-$(BUILD)/cc/kernels/%_generic.o: ISA_FLAGS := -fopenmp-simd
+$(BUILD)/cc/kernels/%_avx2.o: ISA_FLAGS := -mavx2 -mfma -mf16c
 
 $(BUILD)/%.o: %.cc $(HEADERS) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $(ISA_FLAGS) $(WARN) -fPIC -I. $(TF_CFLAGS) -c $< -o $@
+	$(CXX) $(CXXFLAGS) $(SIMD) $(ISA_FLAGS) $(WARN) -fPIC -I. $(TF_CFLAGS) -c $< -o $@
 
 # Linked to a temporary name and renamed, so a process that has the old library mapped keeps it.
 $(OPS_LIB): $(OBJS)
@@ -85,6 +88,9 @@ wheel: build
 bench: build
 	$(PY) bench/bench_conv_cpu.py
 	$(PY) bench/bench_pool_cpu.py
+
+bazel: $(STAMP)
+	bash tools/bazel_build.sh
 
 print-sources:
 	@echo $(OPS_SRCS)

@@ -7,10 +7,6 @@ x86-64 CPU that TensorFlow runs on).
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,14 +14,7 @@ import tensorflow as tf
 import tf_dcn
 from tf_dcn import _loader
 from tests import conv_reference as ref
-
-
-def _cpu_has_avx2() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return all(re.search(rf"\b{f}\b", flags) for f in ("avx2", "fma", "f16c"))
+from tests.isa_scan import avx_instructions_outside_avx2, cpu_has_avx2
 
 
 def _run_case(seed: int):
@@ -47,7 +36,7 @@ def _run_case(seed: int):
 
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_forced_isa_matches_reference(isa, monkeypatch):
-    if isa == "avx2" and not _cpu_has_avx2():
+    if isa == "avx2" and not cpu_has_avx2():
         pytest.skip("this CPU has no AVX2/FMA/F16C; the AVX2 build cannot run here")
     monkeypatch.setenv("TF_DCN_CPU_ISA", isa)
     y, _, expected = _run_case(0)
@@ -55,7 +44,7 @@ def test_forced_isa_matches_reference(isa, monkeypatch):
 
 
 def test_isas_agree_forward_and_backward(monkeypatch):
-    if not _cpu_has_avx2():
+    if not cpu_has_avx2():
         pytest.skip("this CPU has no AVX2/FMA/F16C; only the baseline build runs here")
     monkeypatch.setenv("TF_DCN_CPU_ISA", "generic")
     y0, g0, _ = _run_case(1)
@@ -73,24 +62,21 @@ def test_bad_isa_setting_is_an_error(monkeypatch):
 
 
 def test_no_avx_instruction_outside_the_avx2_build():
-    objdump = shutil.which("objdump")
-    assert objdump, "objdump (binutils, installed with gcc) is needed for this check"
     tf_dcn.load_ops()
-    library = _loader.loaded_library()
-    listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", library],
-                             capture_output=True, text=True, check=True).stdout
-    function, leaked, vex_in_avx2 = None, set(), 0
-    for line in listing.splitlines():
-        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
-        if header:
-            function = header.group(1)
-            continue
-        insn = re.match(r"^\s+[0-9a-f]+:\s+(\S+)", line)
-        if function and insn and insn.group(1).startswith("v") and insn.group(1) not in (
-                "verr", "verw"):
-            if "avx2::" in function or "TfDcnAvx2Eigen" in function:
-                vex_in_avx2 += 1
-            else:
-                leaked.add(function)
+    vex_in_avx2, leaked = avx_instructions_outside_avx2(_loader.loaded_library())
     assert vex_in_avx2 > 0, "the AVX2 build is missing from the library"
     assert not leaked, sorted(leaked)[:10]
+
+
+def test_avx2_object_is_linked_last():
+    """The baseline copy of any inline function both builds emit must win at link time, so the
+    AVX2 object must come after every other object (the Makefile links in OPS_SRCS order)."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sources = subprocess.run(["make", "-s", "print-sources"], cwd=repo, capture_output=True,
+                             text=True, check=True).stdout.split()
+    avx2 = [i for i, src in enumerate(sources) if src.endswith("_avx2.cc")]
+    assert avx2, sources
+    assert avx2 == list(range(len(sources) - len(avx2), len(sources))), sources
