@@ -69,8 +69,8 @@ class DeformableConv2D(keras.layers.Layer):
         ``[N, Ho, Wo, filters]`` (channels_last) or ``[N, filters, Ho, Wo]``.
 
     Raises:
-        ValueError: invalid arguments (including ``implementation``), or input channels not divisible by ``groups`` or
-            ``deformable_groups``.
+        ValueError: invalid arguments (including ``implementation``), or input channels not
+            divisible by ``groups`` or ``deformable_groups``.
 
     Example:
         >>> inputs = keras.Input((None, None, 16))

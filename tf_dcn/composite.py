@@ -1,0 +1,800 @@
+"""Portable composite implementations of tf-dcn's ops in plain TensorFlow (no custom op).
+
+``deform_conv2d``, ``deform_psroi_pool`` and ``deform_roi_pool`` here have the signatures, the
+argument checks and the semantics (``notes/semantics.md`` sections 1 and 2) of the custom-op
+wrappers in :mod:`tf_dcn`, but are built from ordinary TensorFlow ops only: ``gather`` with int32
+indices, ``floor``, comparisons, ``where``/select, ``pad``, ``concat``, ``reshape``/``transpose``
+and matrix products. A graph that uses them therefore
+
+* runs in a stock TensorFlow (e.g. a stock TensorFlow Serving binary) without ``_tf_dcn_ops.so``,
+* compiles with XLA (``tf.function(jit_compile=True)``, ``model.compile(jit_compile=True)``),
+* converts to TFLite with builtin ops only (``tf.lite.OpsSet.TFLITE_BUILTINS``),
+
+and its gradients come from TensorFlow's autodiff. They agree with the op's gradients wherever
+the op's are the derivative (everywhere except exactly on the bilinear kinks; at integer sample
+coordinates the composite, like the op, takes the floor-based one-sided derivative).
+
+The custom ops are faster on CPU and use far less memory in the backward pass (the composite
+keeps every gathered corner for autodiff): train with ``implementation="op"`` and switch to the
+composite for export (:func:`tf_dcn.export_portable`, :func:`tf_dcn.use_implementation`).
+
+Differences from the ops, all by design:
+
+* Run-time shape errors (only possible when shapes are not statically known) surface as
+  TensorFlow's reshape/broadcast ``InvalidArgumentError`` instead of the op's messages naming
+  the argument. Statically known shapes raise the same ``ValueError`` as the op wrappers.
+* An invalid RoI batch index (negative, not an integer, not finite, ``>= N``) makes the op raise
+  ``InvalidArgumentError``. The composite cannot raise inside a TFLite or XLA program, so every
+  bin of such a RoI is NaN instead (exactly like a RoI with a non-finite box: no gradient to the
+  features, NaN gradient to its offsets). It never indexes out of range.
+* Gathers use int32 row indices: the input (padded by one pixel on each side for the
+  convolution) must have fewer than ``2**31`` rows of ``C/deformable_groups`` (convolution) or of
+  ``output_dim/num_classes`` (pooling) channels; a statically larger input raises ValueError.
+* The kernel shape of ``deform_conv2d``, the channels of its input, and the last dimension of the
+  pooling offsets must be statically known (they fix the graph's structure).
+* float16/bfloat16 inputs are computed in float32 (as the op accumulates them) and cast back.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import tensorflow as tf
+
+from tf_dcn._arguments import IntOrPair, Padding, normalize_pair, normalize_padding
+from tf_dcn.deform_psroi_pool import (
+    _DTYPES,
+    _check_rank,
+    _convert_rois,
+    _non_negative_float,
+    _positive_int,
+    _static_dim,
+)
+
+__all__ = ["IMPLEMENTATIONS", "check_implementation", "deform_conv2d", "deform_psroi_pool",
+           "deform_roi_pool"]
+
+#: The values of the layers' ``implementation`` argument.
+IMPLEMENTATIONS = ("op", "composite")
+
+_INT32_MAX = 2**31 - 1
+Dim = Union[int, tf.Tensor]
+
+
+def check_implementation(implementation: str) -> str:
+    """Returns ``implementation`` if it is ``"op"`` or ``"composite"``; raises ValueError."""
+    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be 'op' or 'composite', got implementation={implementation!r}"
+        )
+    return implementation
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+# ------------------------------------------------------------------------------------------------
+def _dim(tensor: tf.Tensor, axis: int) -> Dim:
+    """The static size of ``axis`` if known, else a scalar int32 tensor."""
+    static = _static_dim(tensor, axis)
+    return static if static is not None else tf.shape(tensor)[axis]
+
+
+def _is_static(*values) -> bool:
+    return all(isinstance(v, (int, np.integer)) for v in values)
+
+
+def _compute_dtype(dtype: tf.DType) -> tf.DType:
+    """float64 stays float64; every other float type is computed in float32 (as the op does)."""
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _arange(n: Dim) -> Union[np.ndarray, tf.Tensor]:
+    return np.arange(n, dtype=np.int32) if _is_static(n) else tf.range(n, dtype=tf.int32)
+
+
+def _check_rows(rows: Dim, what: str) -> None:
+    if _is_static(rows) and rows > _INT32_MAX:
+        raise ValueError(
+            f"{what}: the composite implementation gathers with int32 indices and needs fewer "
+            f"than 2**31 rows, got {rows}"
+        )
+
+
+def _c_round(x: tf.Tensor) -> tf.Tensor:
+    """C's ``round()`` (halves away from zero) without converting to an integer.
+
+    ``floor(|x|)`` and ``|x| - floor(|x|)`` are exact, so this equals the op's
+    ``RoundHalfAwayFromZero`` for every value; NaN and +-Inf come back unchanged.
+    """
+    magnitude = tf.abs(x)
+    whole = tf.floor(magnitude)
+    rounded = whole + tf.cast(magnitude - whole >= 0.5, x.dtype)
+    return tf.where(x < 0, -rounded, rounded)
+
+
+def _in_xla_context() -> bool:
+    """True while a function is traced for XLA (``tf.function(jit_compile=True)``, Keras'
+    ``jit_compile=True``). Uses TensorFlow's internal helper; False if it is unavailable."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - internal module moved
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+# Outside XLA every gather materialises its rows. Blocks of at most this many bytes are
+# recycled by the allocator; much larger ones are fresh memory on every call, whose page faults
+# cost more than the copy (3x on the Faster R-CNN head of bench/bench_composite_cpu.py).
+_GATHER_BLOCK_BYTES = 16 << 20
+_ASSUMED_ROIS = 256  # for the block size when the number of RoIs is not static
+
+
+def _units_per_gather(units: int, bytes_per_unit: int) -> int:
+    """How many of ``units`` equal pieces to gather at once (all of them under XLA)."""
+    if _in_xla_context():
+        return units
+    return int(max(1, min(units, _GATHER_BLOCK_BYTES // max(1, bytes_per_unit))))
+
+
+def _quad_table(image: tf.Tensor, groups: int, width: int) -> tf.Tensor:
+    """The 2x2 neighbourhoods of ``image`` as gather rows, plus one zero row at the end.
+
+    ``image`` is ``[N, Hp, Wp, groups*width]``. Row ``((n*(Hp-1) + y)*(Wp-1) + x)*groups + g``
+    of the result ``[N*(Hp-1)*(Wp-1)*groups + 1, 4*width]`` holds channels
+    ``[g*width, (g+1)*width)`` of pixels ``(y, x), (y, x+1), (y+1, x), (y+1, x+1)``: one gather
+    fetches the four bilinear corners of a sample (much faster than four gathers of small rows).
+    """
+    corners = [image[:, :-1, :-1], image[:, :-1, 1:], image[:, 1:, :-1], image[:, 1:, 1:]]
+    if groups == 1:
+        table = tf.reshape(tf.concat(corners, axis=-1), [-1, 4 * width])
+    else:
+        corners = [tf.reshape(c, [-1, groups, 1, width]) for c in corners]
+        table = tf.reshape(tf.concat(corners, axis=2), [-1, 4 * width])
+    return tf.concat([table, tf.zeros([1, 4 * width], image.dtype)], axis=0)
+
+
+def _blend(table: tf.Tensor, index: tf.Tensor, weight: tf.Tensor, width: int) -> tf.Tensor:
+    """Sum over samples and corners of ``weight * table[index]``: ``[B, width]``.
+
+    ``index`` is ``[B, S]`` rows of a :func:`_quad_table`, ``weight`` ``[B, S*4]`` (sample-major,
+    then the table's corner order).
+    """
+    terms = weight.shape[-1]
+    if _in_xla_context():
+        # XLA fuses gather, product and sum into one loop, so nothing of size B*terms*width is
+        # materialised (several times faster than a batched matmul there).
+        values = tf.reshape(tf.gather(table, index), [-1, terms, width])
+        return tf.reduce_sum(values * tf.reshape(weight, [-1, terms, 1]), axis=1)
+    values = tf.reshape(tf.gather(table, index), [-1, terms, width])
+    # TensorFlow's kernels: a batched [1, terms] x [terms, width] product beats broadcasting.
+    return tf.reshape(tf.matmul(tf.reshape(weight, [-1, 1, terms]), values), [-1, width])
+
+
+# ------------------------------------------------------------------------------------------------
+# Deformable convolution
+# ------------------------------------------------------------------------------------------------
+def _axis_geometry(size: Dim, kernel: int, stride: int, dilation: int, mode: str,
+                   before: int, after: int) -> tuple[Dim, Dim]:
+    """(output size, padding before) of one axis: the op's ``ComputeAxisGeometry``."""
+    effective = dilation * (kernel - 1) + 1
+    if mode == "SAME":
+        out = (size + stride - 1) // stride
+        total = (out - 1) * stride + effective - size
+        total = max(total, 0) if _is_static(total) else tf.maximum(total, 0)
+        return out, total // 2
+    if mode == "VALID":
+        before = after = 0
+    return (size + before + after - effective) // stride + 1, before
+
+
+def _validate_conv(inputs, offsets, kernel, mask, bias, groups, deformable_groups):
+    """The static checks of :func:`tf_dcn.deform_conv2d`, with the same messages."""
+    _check_rank(inputs, 4, "inputs", "[N, H, W, C]")
+    _check_rank(offsets, 4, "offsets", "[N, Ho, Wo, 2*DG*kh*kw]")
+    _check_rank(kernel, 4, "kernel", "[kh, kw, C/groups, Cout]")
+    if mask is not None:
+        _check_rank(mask, 4, "mask", "[N, Ho, Wo, DG*kh*kw]")
+    if bias is not None:
+        _check_rank(bias, 1, "bias", "[Cout]")
+    channels = _static_dim(inputs, 3)
+    if channels is not None:
+        if channels % groups:
+            raise ValueError(
+                f"groups: input channels ({channels}) are not divisible by groups ({groups})"
+            )
+        if channels % deformable_groups:
+            raise ValueError(
+                f"deformable_groups: input channels ({channels}) are not divisible by "
+                f"deformable_groups ({deformable_groups})"
+            )
+        k_in = _static_dim(kernel, 2)
+        if k_in is not None and k_in != channels // groups:
+            raise ValueError(
+                f"kernel: expected {channels // groups} input channels (C/groups) in "
+                f"dimension 2, got shape {kernel.shape}"
+            )
+    cout = _static_dim(kernel, 3)
+    if cout is not None and cout % groups:
+        raise ValueError(
+            f"groups: output channels of kernel ({cout}) are not divisible by groups ({groups})"
+        )
+    kh, kw = _static_dim(kernel, 0), _static_dim(kernel, 1)
+    n_off = _static_dim(offsets, 3)
+    if (kh is not None and kw is not None and n_off is not None
+            and n_off != 2 * deformable_groups * kh * kw):
+        raise ValueError(
+            f"offsets: expected last dimension 2*deformable_groups*kh*kw = "
+            f"{2 * deformable_groups * kh * kw}, got shape {offsets.shape}"
+        )
+    if mask is not None and kh is not None and kw is not None:
+        n_mask = _static_dim(mask, 3)
+        if n_mask is not None and n_mask != deformable_groups * kh * kw:
+            raise ValueError(
+                f"mask: expected last dimension deformable_groups*kh*kw = "
+                f"{deformable_groups * kh * kw}, got shape {mask.shape}"
+            )
+    if bias is not None and cout is not None and _static_dim(bias, 0) not in (None, cout):
+        raise ValueError(f"bias: expected {cout} elements (Cout), got shape {bias.shape}")
+    # Needed by the composite's graph structure (the op accepts them unknown).
+    if None in (channels, kh, kw, _static_dim(kernel, 2), cout):
+        raise ValueError(
+            "the composite deform_conv2d needs statically known input channels and kernel shape, "
+            f"got inputs {inputs.shape} and kernel {kernel.shape}"
+        )
+
+
+def _check_output_shape(tensor, name, layout, batch, out_h, out_w):
+    """Static N/Ho/Wo of offsets or mask must agree with inputs (the op checks at run time)."""
+    if tensor is None or tensor.shape.rank is None:
+        return
+    for axis, expected in ((0, batch), (1, out_h), (2, out_w)):
+        got = tensor.shape[axis]
+        if _is_static(expected) and got is not None and got != expected:
+            raise ValueError(
+                f"{name}: expected shape {layout} with N={batch}, Ho={out_h}, Wo={out_w}, got "
+                f"shape {tensor.shape}"
+            )
+
+
+@tf.autograph.experimental.do_not_convert
+def deform_conv2d(
+    inputs: tf.Tensor,
+    offsets: tf.Tensor,
+    kernel: tf.Tensor,
+    mask: tf.Tensor | None = None,
+    bias: tf.Tensor | None = None,
+    strides: IntOrPair = 1,
+    padding: Padding = "valid",
+    dilation_rate: IntOrPair = 1,
+    groups: int = 1,
+    deformable_groups: int = 1,
+    name: str | None = None,
+) -> tf.Tensor:
+    """Deformable 2-D convolution (v1, modulated v2 with ``mask``) in plain TensorFlow ops.
+
+    Same signature, checks and results as :func:`tf_dcn.deform_conv2d` (see it for the full
+    description), but portable: no custom op, XLA-compilable, TFLite-builtin-convertible.
+    Tap ``(i, j)`` at output ``(ho, wo)`` samples the input at
+    ``(ho*sh - pad_top + i*dh + dy, wo*sw - pad_left + j*dw + dx)`` with torchvision's border
+    rule (zero unless ``-1 < y < H`` and ``-1 < x < W``; corners outside the image read 0), the
+    samples are multiplied by the mask (v2) and meet the kernel in one matrix product.
+
+    How: the input is zero-padded by one pixel on each side and viewed as rows of
+    ``C/deformable_groups`` channels; the four corners of every sample are gathered (int32
+    indices), weighted and summed into a column matrix ``[N*Ho*Wo, kh*kw*C]``, which is
+    multiplied by the kernel (a batched product per convolution group). Samples outside, and NaN
+    samples, read the zero padding (never out of range); NaN positions keep NaN weights, so the
+    output is NaN and the offset and mask gradients are NaN, while the input gets no gradient
+    from them, as from the op.
+
+    Args:
+        inputs: ``[N, H, W, C]`` (NHWC), float16, bfloat16, float32 or float64; ``C`` static.
+        offsets: ``[N, Ho, Wo, 2*DG*kh*kw]``, last-axis index ``(g*kh*kw + i*kw + j)*2 +
+            {0: dy, 1: dx}`` (deformable group outermost, taps row-major, **dy before dx**).
+        kernel: ``[kh, kw, C/groups, Cout]`` (Keras ``Conv2D`` layout), statically known shape.
+        mask: optional ``[N, Ho, Wo, DG*kh*kw]``, index ``g*kh*kw + i*kw + j``, applied as given.
+        bias: optional ``[Cout]``.
+        strides, padding, dilation_rate, groups, deformable_groups: as in
+            :func:`tf_dcn.deform_conv2d`.
+        name: optional name scope.
+
+    Returns:
+        ``[N, Ho, Wo, Cout]`` in the dtype of ``inputs``.
+
+    Raises:
+        ValueError: an argument or a statically known shape is wrong (the op wrapper's checks and
+            messages), or the kernel shape / input channels are not statically known.
+
+    Example:
+        >>> x = tf.random.normal([2, 16, 16, 8])
+        >>> w = tf.random.normal([3, 3, 8, 4])
+        >>> off = tf.random.normal([2, 16, 16, 18])
+        >>> y = tf_dcn.composite.deform_conv2d(x, off, w, padding="same")
+        >>> y.shape
+        TensorShape([2, 16, 16, 4])
+    """
+    strides = normalize_pair(strides, "strides")
+    dilations = normalize_pair(dilation_rate, "dilation_rate")
+    padding_mode, explicit = normalize_padding(padding)
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if not isinstance(deformable_groups, int) or isinstance(deformable_groups, bool) or (
+        deformable_groups < 1
+    ):
+        raise ValueError(f"deformable_groups must be a positive int, got {deformable_groups!r}")
+
+    with tf.name_scope(name or "deform_conv2d_composite"):
+        inputs = tf.convert_to_tensor(inputs, name="inputs")
+        dtype = inputs.dtype
+        if dtype not in _DTYPES:
+            raise ValueError(
+                f"inputs: dtype must be float16, bfloat16, float32 or float64, got {dtype}"
+            )
+        offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
+        kernel = tf.convert_to_tensor(kernel, dtype=dtype, name="kernel")
+        if mask is not None:
+            mask = tf.convert_to_tensor(mask, dtype=dtype, name="mask")
+        if bias is not None:
+            bias = tf.convert_to_tensor(bias, dtype=dtype, name="bias")
+        _validate_conv(inputs, offsets, kernel, mask, bias, groups, deformable_groups)
+
+        kh, kw, cin_g, cout = kernel.shape.as_list()
+        channels = inputs.shape[3]
+        batch, height, width = _dim(inputs, 0), _dim(inputs, 1), _dim(inputs, 2)
+        pads = explicit or [0, 0, 0, 0]
+        out_h, pad_top = _axis_geometry(height, kh, strides[0], dilations[0], padding_mode,
+                                        pads[0], pads[1])
+        out_w, pad_left = _axis_geometry(width, kw, strides[1], dilations[1], padding_mode,
+                                         pads[2], pads[3])
+        if _is_static(out_h, out_w) and (out_h < 1 or out_w < 1):
+            raise ValueError(
+                f"kernel: the dilated kernel ({dilations[0] * (kh - 1) + 1}, "
+                f"{dilations[1] * (kw - 1) + 1}) is larger than the padded input, got inputs "
+                f"{inputs.shape} and kernel {kernel.shape}"
+            )
+        _check_output_shape(offsets, "offsets", "[N, Ho, Wo, 2*DG*kh*kw]", batch, out_h, out_w)
+        _check_output_shape(mask, "mask", "[N, Ho, Wo, DG*kh*kw]", batch, out_h, out_w)
+        dg, taps = deformable_groups, kh * kw
+        c_dg = channels // dg
+        if _is_static(batch, height, width):
+            _check_rows(batch * (height + 1) * (width + 1) * dg + 1, "inputs")
+
+        cdtype = _compute_dtype(dtype)
+        x = tf.cast(inputs, cdtype)
+        offsets = tf.cast(offsets, cdtype)
+        kernel_c = tf.cast(kernel, cdtype)
+
+        # Offsets and mask with the deformable group innermost: [N, Ho, Wo, K*DG] each.
+        pixels = batch * out_h * out_w
+        off = tf.reshape(offsets, [pixels, dg, taps, 2])
+        if dg > 1:
+            off = tf.transpose(off, [0, 2, 1, 3])
+        off = tf.reshape(off, [batch, out_h, out_w, taps * dg, 2])
+        dy, dx = off[..., 0], off[..., 1]
+        if mask is not None:
+            m = tf.reshape(tf.cast(mask, cdtype), [pixels, dg, taps])
+            if dg > 1:
+                m = tf.transpose(m, [0, 2, 1])
+            m = tf.reshape(m, [batch, out_h, out_w, taps * dg])
+
+        # Regular grid of each tap: base_y [Ho, 1, K*DG], base_x [Wo, K*DG].
+        tap_i = np.repeat(np.arange(taps) // kw, dg).astype(np.int32)
+        tap_j = np.repeat(np.arange(taps) % kw, dg).astype(np.int32)
+        rows_y = _arange(out_h) * strides[0] - pad_top
+        rows_x = _arange(out_w) * strides[1] - pad_left
+        base_y = tf.cast(tf.reshape(rows_y, [-1, 1, 1]) + tap_i * dilations[0], cdtype)
+        base_x = tf.cast(tf.reshape(rows_x, [-1, 1]) + tap_j * dilations[1], cdtype)
+        py = base_y + dy                                      # [N, Ho, Wo, K*DG]
+        px = base_x + dx
+
+        h_f, w_f = tf.cast(height, cdtype), tf.cast(width, cdtype)
+        inside = (py > -1) & (py < h_f) & (px > -1) & (px < w_f)   # False for NaN
+        nan = ~((py > -1) | (py <= -1)) | ~((px > -1) | (px <= -1))  # as the op: NaN first
+        # Weight positions: outside samples at 0 (their corners read the padding: value 0, no
+        # gradient); a NaN sample gets NaN in both coordinates, so its value and the gradients
+        # of both of its offsets and of its mask are NaN, as from the op.
+        zero = tf.zeros_like(py)
+        either = py + px
+        py_w = tf.where(nan, either, tf.where(inside, py, zero))
+        px_w = tf.where(nan, either, tf.where(inside, px, zero))
+        y0f, x0f = tf.floor(py_w), tf.floor(px_w)
+        ly, lx = py_w - y0f, px_w - x0f
+        hy, hx = 1 - ly, 1 - lx
+        weights = [hy * hx, hy * lx, ly * hx, ly * lx]
+        if mask is not None:
+            weights = [w * m for w in weights]
+
+        # The input zero-padded by one pixel on each side, as 2x2 neighbourhoods: the corners of
+        # a sample with top-left corner (y0, x0) in [-1, H-1] x [-1, W-1] are row
+        # ((n*(H+1) + y0+1)*(W+1) + x0+1)*DG + g. Samples not inside read the zero row.
+        rows = batch * (height + 1) * (width + 1) * dg
+        zero_f = tf.zeros_like(y0f)
+        y0 = tf.cast(tf.where(inside, y0f, zero_f), tf.int32)
+        x0 = tf.cast(tf.where(inside, x0f, zero_f), tf.int32)
+        image_row = tf.reshape(_arange(batch) * (height + 1), [-1, 1, 1, 1])
+        group = np.tile(np.arange(dg, dtype=np.int32), taps)
+        index = ((image_row + y0 + 1) * (width + 1) + x0 + 1) * dg + group
+        index = tf.where(inside, index, rows)                   # [N, Ho, Wo, K*DG]
+        weight = tf.stack(weights, axis=-1)                     # [N, Ho, Wo, K*DG, 4]
+
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        table = _quad_table(padded, dg, c_dg)
+        # Columns [N*Ho*Wo, K*C] (tap-major, channel-minor), gathered a few taps at a time (one
+        # at a time when the number of output pixels is not static).
+        tap_bytes = (pixels * 4 * channels * cdtype.size if _is_static(pixels)
+                     else _GATHER_BLOCK_BYTES)
+        step = _units_per_gather(taps, tap_bytes)
+        blocks = []
+        for k0 in range(0, taps, step):
+            k1 = min(k0 + step, taps)
+            block = _blend(table, tf.reshape(index[..., k0 * dg:k1 * dg], [-1, 1]),
+                           tf.reshape(weight[..., k0 * dg:k1 * dg, :], [-1, 4]), c_dg)
+            blocks.append(tf.reshape(block, [pixels, (k1 - k0) * channels]))
+        columns = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
+
+        # The columns times the kernel [K*C/groups, Cout].
+        if groups == 1:
+            out = tf.matmul(columns, tf.reshape(kernel_c, [taps * cin_g, cout]))
+        else:
+            cout_g = cout // groups
+            columns = tf.reshape(columns, [pixels, taps, groups, cin_g])
+            columns = tf.reshape(tf.transpose(columns, [2, 0, 1, 3]),
+                                 [groups, pixels, taps * cin_g])
+            kern = tf.reshape(kernel_c, [taps, cin_g, groups, cout_g])
+            kern = tf.reshape(tf.transpose(kern, [2, 0, 1, 3]), [groups, taps * cin_g, cout_g])
+            out = tf.matmul(columns, kern)                     # [groups, N*Ho*Wo, Cout/groups]
+            out = tf.reshape(tf.transpose(out, [1, 0, 2]), [pixels, cout])
+        if bias is not None:
+            out = out + tf.cast(bias, cdtype)
+        out = tf.reshape(out, [batch, out_h, out_w, cout])
+        return tf.cast(out, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Deformable (PS-)RoI pooling
+# ------------------------------------------------------------------------------------------------
+def _validate_pool(features, rois, offsets, output_dim, group_size, part_size):
+    """The static checks of :func:`tf_dcn.deform_psroi_pool`, with the same messages."""
+    _check_rank(features, 4, "features", "[N, H, W, C]")
+    _check_rank(rois, 2, "rois", "[R, 5]")
+    if _static_dim(rois, 1) not in (None, 5):
+        raise ValueError(
+            f"rois: expected shape [R, 5] of (batch_index, x1, y1, x2, y2), got {rois.shape}"
+        )
+    channels = _static_dim(features, 3)
+    if channels is not None and channels != output_dim * group_size**2:
+        raise ValueError(
+            f"features: expected C = output_dim * group_size**2 = {output_dim} * "
+            f"{group_size}**2 = {output_dim * group_size**2} channels, got shape "
+            f"{features.shape}"
+        )
+    if offsets is None:
+        return
+    _check_rank(offsets, 4, "offsets", "[R, part_size, part_size, 2*num_classes]")
+    if offsets.shape.rank is None:
+        raise ValueError(
+            "offsets: the composite deform_psroi_pool needs the rank and last dimension "
+            f"(2*num_classes) of offsets statically, got shape {offsets.shape}"
+        )
+    r_off, ph, pw, last = offsets.shape.as_list()
+    if ph not in (None, part_size) or pw not in (None, part_size):
+        raise ValueError(
+            f"offsets: expected part_size = {part_size} in dimensions 1 and 2, got "
+            f"shape {offsets.shape}"
+        )
+    if last is None:
+        raise ValueError(
+            "offsets: the composite deform_psroi_pool needs the last dimension (2*num_classes) "
+            f"statically, got shape {offsets.shape}"
+        )
+    if last < 2 or last % 2:
+        raise ValueError(
+            "offsets: expected a positive even last dimension 2*num_classes "
+            f"((x, y) pairs), got shape {offsets.shape}"
+        )
+    if output_dim % (last // 2):
+        raise ValueError(
+            f"offsets: output_dim ({output_dim}) is not divisible by num_classes "
+            f"= {last // 2} (the last dimension / 2), got shape {offsets.shape}"
+        )
+    r_rois = _static_dim(rois, 0)
+    if r_off is not None and r_rois is not None and r_off != r_rois:
+        raise ValueError(
+            f"offsets: expected {r_rois} RoIs (the rows of rois) in dimension 0, got "
+            f"shape {offsets.shape}"
+        )
+
+
+class _AxisSamples:
+    """Sample coordinates along one axis (any shape, e.g. [R, P, P*classes, samples]).
+
+    ``kept``: inside ``[-0.5, size-0.5]`` (the op's strict skip test); ``nan``: NaN positions;
+    ``lo``: floor of the position clamped into ``[0, size-1]`` (0 when not kept); ``frac``: the
+    clamped position minus ``lo`` (0 when not kept). The op's second corner is ``ceil``, equal to
+    ``lo`` at an integer position: there ``frac`` is 0 *with a zero derivative* (the ``where``
+    below), so the composite's autodiff gives the op's gradient even on integers.
+    """
+
+    def __init__(self, pos: tf.Tensor, size: Dim, size_f: tf.Tensor):
+        skipped = (pos < -0.5) | (pos > size_f - 0.5)
+        kept = (pos >= -0.5) & (pos <= size_f - 0.5)        # both False for NaN
+        if not (_is_static(size) and size >= 1):
+            kept = kept & (size_f >= 1)
+            skipped = skipped | (size_f < 1)
+        self.kept = kept
+        self.nan = ~(kept | skipped)
+        upper = size_f - 1
+        zero = tf.zeros_like(pos)
+        clamped = tf.where(pos < 0, zero, tf.where(pos > upper, zero + upper, pos))
+        clamped = tf.where(kept, clamped, zero)
+        lo_f = tf.floor(clamped)
+        frac = clamped - lo_f
+        self.frac = tf.where(frac > 0, frac, zero)
+        self.lo = tf.cast(lo_f, tf.int32)
+
+
+@tf.autograph.experimental.do_not_convert
+def deform_psroi_pool(
+    features: tf.Tensor,
+    rois: tf.Tensor,
+    offsets: tf.Tensor | None = None,
+    *,
+    output_dim: int,
+    group_size: int,
+    pooled_size: int | None = None,
+    part_size: int | None = None,
+    sample_per_part: int = 4,
+    trans_std: float = 0.1,
+    spatial_scale: float = 1.0,
+    name: str | None = None,
+) -> tf.Tensor:
+    """Deformable PS-RoI pooling (R-FCN) in plain TensorFlow ops, MSRA's semantics.
+
+    Same signature, checks and results as :func:`tf_dcn.deform_psroi_pool` (see it for the
+    full description): C ``round()`` of the boxes, ``+1`` on ``x2``/``y2``, 0.1 minimum size,
+    samples at the sub-bin starts, strict skip outside ``[-0.5, W-0.5] x [-0.5, H-0.5]``,
+    clamping, division by the number of kept samples, class-aware offsets
+    (**x before y** on the offsets' last axis, the opposite of the convolution offsets).
+
+    How: the features are viewed as rows ``[N*H*W*group_size**2*num_classes, output_dim /
+    num_classes]`` plus one zero row; for each of the ``sample_per_part**2`` samples of a bin
+    (a Python loop, the RoIs and bins are vectorised) the four corner rows are gathered with
+    int32 indices, weighted and accumulated. Skipped and NaN samples read the zero row.
+
+    Args:
+        features: ``[N, H, W, C]`` (NHWC) with ``C = output_dim * group_size**2``.
+        rois: ``[R, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image pixels
+            (float64 kept, anything else cast to float32, as the op wrapper does).
+        offsets: optional ``[R, part_size, part_size, 2*num_classes]``, last axis
+            ``2*cls + {0: x, 1: y}`` (**x before y**); its last dimension must be static.
+        output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std,
+        spatial_scale: as in :func:`tf_dcn.deform_psroi_pool` (``trans_std`` and
+            ``spatial_scale`` are rounded to float32, like the op's attributes).
+        name: optional name scope.
+
+    Returns:
+        ``[R, pooled_size, pooled_size, output_dim]`` in the dtype of ``features``. Bins of a
+        RoI with a NaN/infinite box coordinate **or an invalid batch index** (where the op
+        raises InvalidArgumentError), and bins with a NaN sample position, are NaN; they pass no
+        gradient to ``features`` and a NaN gradient to their offsets. ``rois`` get no gradient.
+
+    Raises:
+        ValueError: an argument value or a statically known shape is wrong (the op wrapper's
+            checks and messages), or the last dimension of ``offsets`` is not static.
+
+    Example:
+        >>> feats = tf.random.normal([1, 38, 50, 21 * 7 * 7])
+        >>> rois = tf.constant([[0.0, 32.0, 48.0, 320.0, 400.0]])
+        >>> offs = tf.zeros([1, 7, 7, 2])
+        >>> out = tf_dcn.composite.deform_psroi_pool(feats, rois, offs, output_dim=21,
+        ...                                          group_size=7, spatial_scale=1 / 16)
+        >>> out.shape
+        TensorShape([1, 7, 7, 21])
+    """
+    output_dim = _positive_int(output_dim, "output_dim")
+    group_size = _positive_int(group_size, "group_size")
+    pooled_size = group_size if pooled_size is None else _positive_int(pooled_size, "pooled_size")
+    part_size = pooled_size if part_size is None else _positive_int(part_size, "part_size")
+    sample_per_part = _positive_int(sample_per_part, "sample_per_part")
+    trans_std = _non_negative_float(trans_std, "trans_std")
+    spatial_scale = _non_negative_float(spatial_scale, "spatial_scale")
+    # The op's attributes are float32.
+    trans_std = float(np.float32(trans_std))
+    spatial_scale = float(np.float32(spatial_scale))
+
+    with tf.name_scope(name or "deform_psroi_pool_composite"):
+        features = tf.convert_to_tensor(features, name="features")
+        dtype = features.dtype
+        if dtype not in _DTYPES:
+            raise ValueError(
+                f"features: dtype must be float16, bfloat16, float32 or float64, got {dtype}"
+            )
+        rois = tf.stop_gradient(_convert_rois(rois, dtype))
+        if offsets is not None:
+            offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
+        _validate_pool(features, rois, offsets, output_dim, group_size, part_size)
+
+        cdtype = _compute_dtype(dtype)
+        classes = 1 if offsets is None else offsets.shape[-1] // 2
+        per_class = output_dim // classes
+        cells = group_size * group_size
+        pooled = pooled_size
+        batch, height, width = _dim(features, 0), _dim(features, 1), _dim(features, 2)
+        num_rois = _dim(rois, 0)
+        rows = batch * height * width * cells * classes
+        if _is_static(rows):
+            _check_rows(rows + 1, "features")
+
+        # Feature table: row ((b*H + y)*W + x)*G*G*classes + gidx*classes + cls holds the
+        # 2x2 neighbourhood of pixel (y, x) (zero-padded at the bottom/right) of the channels of
+        # group cell gidx and class cls; channel of output ctop = cls*Ce + j at cell gidx is
+        # ctop*G*G + gidx. The last row is zero (skipped and NaN samples read it).
+        image_table = tf.cast(features, cdtype)
+        if cells > 1:
+            image_table = tf.reshape(image_table, [-1, classes, per_class, cells])
+            image_table = tf.transpose(image_table, [0, 3, 1, 2])
+            image_table = tf.reshape(image_table,
+                                     [batch, height, width, cells * classes * per_class])
+        image_table = tf.pad(image_table, [[0, 0], [0, 1], [0, 1], [0, 0]])
+        table = _quad_table(image_table, cells * classes, per_class)
+        zero_row = rows
+
+        # Boxes: rounded in the rois' type, then computed in the compute type (as the op).
+        b = rois[:, 0]
+        box = tf.cast(_c_round(rois[:, 1:]), cdtype)           # [R, 4]: x1, y1, x2, y2
+        finite = tf.reduce_all(tf.abs(box) <= cdtype.max, axis=1)
+        batch_ok = (b == tf.floor(b)) & (b >= 0) & (b < tf.cast(batch, b.dtype))
+        roi_ok = finite & batch_ok
+        box = tf.unstack(tf.where(finite[:, None], box, tf.zeros_like(box)), axis=1)
+        image = tf.cast(tf.where(batch_ok, b, tf.zeros_like(b)), tf.int32)
+
+        def per_roi(v):
+            return tf.reshape(v, [-1, 1, 1, 1])
+
+        scale = tf.constant(spatial_scale, cdtype)
+        x_start = box[0] * scale - 0.5
+        y_start = box[1] * scale - 0.5
+        x_end = (box[2] + 1) * scale - 0.5
+        y_end = (box[3] + 1) * scale - 0.5
+        roi_w, roi_h = x_end - x_start, y_end - y_start
+        roi_w = tf.where(roi_w < 0.1, tf.constant(0.1, cdtype), roi_w)  # keeps NaN
+        roi_h = tf.where(roi_h < 0.1, tf.constant(0.1, cdtype), roi_h)
+        bin_w, bin_h = roi_w / pooled, roi_h / pooled
+        sub_w, sub_h = bin_w / sample_per_part, bin_h / sample_per_part
+        x_start, y_start, roi_w, roi_h = map(per_roi, (x_start, y_start, roi_w, roi_h))
+        bin_w, bin_h, sub_w, sub_h = map(per_roi, (bin_w, bin_h, sub_w, sub_h))
+
+        # Offsets of each bin's part cell: tx, ty [R, P, P, classes] (x before y).
+        if offsets is not None:
+            off = tf.cast(offsets, cdtype)
+            part = (np.arange(pooled) * part_size // pooled).astype(np.int32)
+            if not np.array_equal(part, np.arange(part_size)):
+                off = tf.gather(tf.gather(off, part, axis=1), part, axis=2)
+            off = tf.reshape(off, [num_rois, pooled, pooled, classes, 2])
+            tx = off[..., 0] * tf.constant(trans_std, cdtype)
+            ty = off[..., 1] * tf.constant(trans_std, cdtype)
+        else:
+            tx = ty = tf.zeros([1, 1, 1, 1], cdtype)
+        bins = np.arange(pooled, dtype=np.float64)
+        pw_f = tf.constant(bins.reshape(1, 1, pooled, 1), cdtype)
+        ph_f = tf.constant(bins.reshape(1, pooled, 1, 1), cdtype)
+        full = tf.zeros([num_rois, pooled, pooled, classes], cdtype)
+        w0 = pw_f * bin_w + x_start + tx * roi_w + full       # [R, P, P, classes]
+        h0 = ph_f * bin_h + y_start + ty * roi_h + full
+
+        # Samples: every per-axis quantity is [R, P, P*classes, sample_per_part] (4-D, for
+        # TFLite's broadcasting); sample ix of a bin is at w0 + ix*sub_w, row iy at h0 + iy*sub_h.
+        steps = tf.constant(np.arange(sample_per_part, dtype=np.float64).reshape(1, 1, 1, -1),
+                            cdtype)
+        lanes = pooled * classes
+        xs = _AxisSamples(tf.reshape(w0, [-1, pooled, lanes, 1]) + steps * sub_w, width,
+                          tf.cast(width, cdtype))
+        ys = _AxisSamples(tf.reshape(h0, [-1, pooled, lanes, 1]) + steps * sub_h, height,
+                          tf.cast(height, cdtype))
+        # The sample grid is a product, so are its kept samples: count = kept x's * kept y's.
+        count = (tf.reduce_sum(tf.cast(xs.kept, cdtype), axis=-1)
+                 * tf.reduce_sum(tf.cast(ys.kept, cdtype), axis=-1))
+        any_nan = tf.reduce_any(xs.nan, axis=-1) | tf.reduce_any(ys.nan, axis=-1)
+
+        # Row of pixel (y, x) of image b, group cell gidx, class cls:
+        # ((b*H + y)*W + x)*G*G*classes + gidx*classes + cls.
+        gcell = np.minimum(np.arange(pooled) * group_size // pooled, group_size - 1)
+        cell = (gcell[:, None] * group_size + gcell[None, :])[:, :, None] * classes
+        cell = (cell + np.arange(classes)[None, None, :]).astype(np.int32)
+        cell = cell.reshape(1, pooled, lanes, 1)
+        image_row = tf.reshape(image * height, [-1, 1, 1, 1])
+        row_stride = cells * classes
+        # Under XLA one gather per sample (its fused gather-multiply-sum loop slows down sharply
+        # with more terms per output); otherwise as many x samples per gather as fit a block.
+        if _in_xla_context():
+            chunk = 1
+        else:
+            rois_static = _static_dim(rois, 0)
+            per_sample = ((rois_static if rois_static is not None else _ASSUMED_ROIS)
+                          * pooled * pooled * output_dim * 4 * cdtype.size)
+            chunk = _units_per_gather(sample_per_part, per_sample)
+        total = None
+        for iy in range(sample_per_part):
+            for ix in range(0, sample_per_part, chunk):
+                cols = slice(ix, min(ix + chunk, sample_per_part))
+                taken = cols.stop - cols.start
+                kept = ys.kept[..., iy:iy + 1] & xs.kept[..., cols]
+                fy, fx = ys.frac[..., iy:iy + 1], xs.frac[..., cols]
+                gy, gx = 1 - fy, 1 - fx
+                index = (image_row + ys.lo[..., iy:iy + 1]) * width + xs.lo[..., cols]
+                index = tf.where(kept, index * row_stride + cell, zero_row)
+                # The table's corner order (y0,x0), (y0,x1), (y1,x0), (y1,x1), sample-major.
+                weight = tf.stack([gy * gx, gy * fx, fy * gx, fy * fx], axis=-1)
+                value = _blend(table, tf.reshape(index, [-1, taken]),
+                               tf.reshape(weight, [-1, 4 * taken]), per_class)
+                total = value if total is None else total + value
+
+        count = tf.reshape(count, [-1, 1])
+        pooled_value = tf.where(count > 0, total / tf.maximum(count, 1), tf.zeros_like(total))
+        nan_bin = any_nan | ~tf.reshape(roi_ok, [-1, 1, 1])
+        nan_bin = tf.reshape(nan_bin, [-1, 1])
+        # NaN bins: the op passes no gradient to the features and NaN to the bin's offsets. The
+        # factor is NaN only on NaN bins, so the other bins' offsets get a zero gradient here.
+        nan_factor = tf.where(nan_bin, tf.constant(np.nan, cdtype), tf.constant(0.0, cdtype))
+        nan_value = tf.reshape(tx + ty + full, [-1, 1]) * nan_factor
+        out = tf.where(nan_bin, nan_value, pooled_value)
+        out = tf.reshape(out, [num_rois, pooled, pooled, output_dim])
+        return tf.cast(out, dtype)
+
+
+@tf.autograph.experimental.do_not_convert
+def deform_roi_pool(
+    features: tf.Tensor,
+    rois: tf.Tensor,
+    offsets: tf.Tensor | None = None,
+    *,
+    pooled_size: int,
+    sample_per_part: int = 4,
+    trans_std: float = 0.1,
+    spatial_scale: float = 1.0,
+    name: str | None = None,
+) -> tf.Tensor:
+    """Deformable RoI pooling (Faster R-CNN) in plain TensorFlow ops.
+
+    :func:`deform_psroi_pool` with ``group_size=1`` and ``output_dim=C``; same signature, checks
+    and results as :func:`tf_dcn.deform_roi_pool`. Offsets ``[R, pooled_size, pooled_size,
+    2*num_classes]`` put **x before y** on the last axis.
+
+    Args:
+        features: ``[N, H, W, C]`` (NHWC); ``C`` must be statically known.
+        rois: ``[R, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image pixels.
+        offsets: optional ``[R, pooled_size, pooled_size, 2*num_classes]`` (x before y).
+        pooled_size, sample_per_part, trans_std, spatial_scale: as in
+            :func:`tf_dcn.deform_roi_pool`.
+        name: optional name scope.
+
+    Returns:
+        ``[R, pooled_size, pooled_size, C]``; NaN bins as in :func:`deform_psroi_pool`.
+
+    Raises:
+        ValueError: an argument value or a statically known shape is wrong, or ``C`` is unknown.
+
+    Example:
+        >>> feats = tf.random.normal([1, 38, 50, 256])
+        >>> rois = tf.constant([[0.0, 32.0, 48.0, 320.0, 400.0]])
+        >>> out = tf_dcn.composite.deform_roi_pool(feats, rois, tf.zeros([1, 7, 7, 2]),
+        ...                                        pooled_size=7, spatial_scale=1 / 16)
+        >>> out.shape
+        TensorShape([1, 7, 7, 256])
+    """
+    with tf.name_scope(name or "deform_roi_pool_composite"):
+        features = tf.convert_to_tensor(features, name="features")
+        _check_rank(features, 4, "features", "[N, H, W, C]")
+        channels = _static_dim(features, 3)
+        if channels is None:
+            raise ValueError(
+                f"features: deform_roi_pool needs a statically known channel dimension C, got "
+                f"shape {features.shape}"
+            )
+        if channels < 1:
+            raise ValueError(f"features: expected at least one channel, got shape {features.shape}")
+        return deform_psroi_pool(
+            features, rois, offsets, output_dim=channels, group_size=1, pooled_size=pooled_size,
+            part_size=pooled_size, sample_per_part=sample_per_part, trans_std=trans_std,
+            spatial_scale=spatial_scale)
