@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Sequence, Union
 
+import tensorflow as tf
+
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
 
@@ -78,3 +80,14 @@ def conv_output_size(size: int | None, kernel: int, stride: int, dilation: int, 
     if padded < effective:
         return None
     return (padded - effective) // stride + 1
+
+
+def static_dim(tensor: tf.Tensor, axis: int) -> int | None:
+    """The statically known size of ``axis``, or None (unknown rank or dimension)."""
+    return tensor.shape[axis] if tensor.shape.rank is not None else None
+
+
+def check_rank(tensor: tf.Tensor, rank: int, name: str, layout: str) -> None:
+    """ValueError naming ``name`` when the static rank is known and differs from ``rank``."""
+    if tensor.shape.rank is not None and tensor.shape.rank != rank:
+        raise ValueError(f"{name}: expected a {rank}-D tensor {layout}, got shape {tensor.shape}")

@@ -43,13 +43,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dcn._arguments import IntOrPair, Padding, normalize_pair, normalize_padding
+from tf_dcn._arguments import check_rank, static_dim
+from tf_dcn.deform_conv import check_deform_conv2d_shapes
 from tf_dcn.deform_psroi_pool import (
     _DTYPES,
-    _check_rank,
     _convert_rois,
     _non_negative_float,
     _positive_int,
-    _static_dim,
+    check_deform_psroi_pool_shapes,
 )
 
 __all__ = ["IMPLEMENTATIONS", "check_implementation", "deform_conv2d", "deform_psroi_pool",
@@ -76,7 +77,7 @@ def check_implementation(implementation: str) -> str:
 # ------------------------------------------------------------------------------------------------
 def _dim(tensor: tf.Tensor, axis: int) -> Dim:
     """The static size of ``axis`` if known, else a scalar int32 tensor."""
-    static = _static_dim(tensor, axis)
+    static = static_dim(tensor, axis)
     return static if static is not None else tf.shape(tensor)[axis]
 
 
@@ -189,55 +190,12 @@ def _axis_geometry(size: Dim, kernel: int, stride: int, dilation: int, mode: str
 
 
 def _validate_conv(inputs, offsets, kernel, mask, bias, groups, deformable_groups):
-    """The static checks of :func:`tf_dcn.deform_conv2d`, with the same messages."""
-    _check_rank(inputs, 4, "inputs", "[N, H, W, C]")
-    _check_rank(offsets, 4, "offsets", "[N, Ho, Wo, 2*DG*kh*kw]")
-    _check_rank(kernel, 4, "kernel", "[kh, kw, C/groups, Cout]")
-    if mask is not None:
-        _check_rank(mask, 4, "mask", "[N, Ho, Wo, DG*kh*kw]")
-    if bias is not None:
-        _check_rank(bias, 1, "bias", "[Cout]")
-    channels = _static_dim(inputs, 3)
-    if channels is not None:
-        if channels % groups:
-            raise ValueError(
-                f"groups: input channels ({channels}) are not divisible by groups ({groups})"
-            )
-        if channels % deformable_groups:
-            raise ValueError(
-                f"deformable_groups: input channels ({channels}) are not divisible by "
-                f"deformable_groups ({deformable_groups})"
-            )
-        k_in = _static_dim(kernel, 2)
-        if k_in is not None and k_in != channels // groups:
-            raise ValueError(
-                f"kernel: expected {channels // groups} input channels (C/groups) in "
-                f"dimension 2, got shape {kernel.shape}"
-            )
-    cout = _static_dim(kernel, 3)
-    if cout is not None and cout % groups:
-        raise ValueError(
-            f"groups: output channels of kernel ({cout}) are not divisible by groups ({groups})"
-        )
-    kh, kw = _static_dim(kernel, 0), _static_dim(kernel, 1)
-    n_off = _static_dim(offsets, 3)
-    if (kh is not None and kw is not None and n_off is not None
-            and n_off != 2 * deformable_groups * kh * kw):
-        raise ValueError(
-            f"offsets: expected last dimension 2*deformable_groups*kh*kw = "
-            f"{2 * deformable_groups * kh * kw}, got shape {offsets.shape}"
-        )
-    if mask is not None and kh is not None and kw is not None:
-        n_mask = _static_dim(mask, 3)
-        if n_mask is not None and n_mask != deformable_groups * kh * kw:
-            raise ValueError(
-                f"mask: expected last dimension deformable_groups*kh*kw = "
-                f"{deformable_groups * kh * kw}, got shape {mask.shape}"
-            )
-    if bias is not None and cout is not None and _static_dim(bias, 0) not in (None, cout):
-        raise ValueError(f"bias: expected {cout} elements (Cout), got shape {bias.shape}")
+    """The static checks of :func:`tf_dcn.deform_conv2d` plus the composite's own needs."""
+    check_deform_conv2d_shapes(inputs, offsets, kernel, mask, bias, groups, deformable_groups)
+    channels, cout = static_dim(inputs, 3), static_dim(kernel, 3)
+    kh, kw = static_dim(kernel, 0), static_dim(kernel, 1)
     # Needed by the composite's graph structure (the op accepts them unknown).
-    if None in (channels, kh, kw, _static_dim(kernel, 2), cout):
+    if None in (channels, kh, kw, static_dim(kernel, 2), cout):
         raise ValueError(
             "the composite deform_conv2d needs statically known input channels and kernel shape, "
             f"got inputs {inputs.shape} and kernel {kernel.shape}"
@@ -455,54 +413,19 @@ def deform_conv2d(
 # Deformable (PS-)RoI pooling
 # ------------------------------------------------------------------------------------------------
 def _validate_pool(features, rois, offsets, output_dim, group_size, part_size):
-    """The static checks of :func:`tf_dcn.deform_psroi_pool`, with the same messages."""
-    _check_rank(features, 4, "features", "[N, H, W, C]")
-    _check_rank(rois, 2, "rois", "[R, 5]")
-    if _static_dim(rois, 1) not in (None, 5):
-        raise ValueError(
-            f"rois: expected shape [R, 5] of (batch_index, x1, y1, x2, y2), got {rois.shape}"
-        )
-    channels = _static_dim(features, 3)
-    if channels is not None and channels != output_dim * group_size**2:
-        raise ValueError(
-            f"features: expected C = output_dim * group_size**2 = {output_dim} * "
-            f"{group_size}**2 = {output_dim * group_size**2} channels, got shape "
-            f"{features.shape}"
-        )
+    """The static checks of :func:`tf_dcn.deform_psroi_pool` plus the composite's own needs."""
+    check_deform_psroi_pool_shapes(features, rois, offsets, output_dim, group_size, part_size)
     if offsets is None:
         return
-    _check_rank(offsets, 4, "offsets", "[R, part_size, part_size, 2*num_classes]")
     if offsets.shape.rank is None:
         raise ValueError(
             "offsets: the composite deform_psroi_pool needs the rank and last dimension "
             f"(2*num_classes) of offsets statically, got shape {offsets.shape}"
         )
-    r_off, ph, pw, last = offsets.shape.as_list()
-    if ph not in (None, part_size) or pw not in (None, part_size):
-        raise ValueError(
-            f"offsets: expected part_size = {part_size} in dimensions 1 and 2, got "
-            f"shape {offsets.shape}"
-        )
-    if last is None:
+    if offsets.shape[-1] is None:
         raise ValueError(
             "offsets: the composite deform_psroi_pool needs the last dimension (2*num_classes) "
             f"statically, got shape {offsets.shape}"
-        )
-    if last < 2 or last % 2:
-        raise ValueError(
-            "offsets: expected a positive even last dimension 2*num_classes "
-            f"((x, y) pairs), got shape {offsets.shape}"
-        )
-    if output_dim % (last // 2):
-        raise ValueError(
-            f"offsets: output_dim ({output_dim}) is not divisible by num_classes "
-            f"= {last // 2} (the last dimension / 2), got shape {offsets.shape}"
-        )
-    r_rois = _static_dim(rois, 0)
-    if r_off is not None and r_rois is not None and r_off != r_rois:
-        raise ValueError(
-            f"offsets: expected {r_rois} RoIs (the rows of rois) in dimension 0, got "
-            f"shape {offsets.shape}"
         )
 
 
@@ -710,7 +633,7 @@ def deform_psroi_pool(
         if _in_xla_context():
             chunk = 1
         else:
-            rois_static = _static_dim(rois, 0)
+            rois_static = static_dim(rois, 0)
             per_sample = ((rois_static if rois_static is not None else _ASSUMED_ROIS)
                           * pooled * pooled * output_dim * 4 * cdtype.size)
             chunk = _units_per_gather(sample_per_part, per_sample)
@@ -785,8 +708,8 @@ def deform_roi_pool(
     """
     with tf.name_scope(name or "deform_roi_pool_composite"):
         features = tf.convert_to_tensor(features, name="features")
-        _check_rank(features, 4, "features", "[N, H, W, C]")
-        channels = _static_dim(features, 3)
+        check_rank(features, 4, "features", "[N, H, W, C]")
+        channels = static_dim(features, 3)
         if channels is None:
             raise ValueError(
                 f"features: deform_roi_pool needs a statically known channel dimension C, got "

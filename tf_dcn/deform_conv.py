@@ -4,20 +4,65 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_dcn._arguments import IntOrPair, Padding, normalize_pair, normalize_padding
+from tf_dcn._arguments import (IntOrPair, Padding, check_rank, normalize_pair,
+                               normalize_padding, static_dim)
 from tf_dcn._loader import load_ops
 
 _FORWARD_OP = "TfDcn>DeformableConv2D"
 _GRAD_OP = "TfDcn>DeformableConv2DGrad"
 
 
-def _static_dim(tensor: tf.Tensor, axis: int) -> int | None:
-    return tensor.shape[axis] if tensor.shape.rank is not None else None
+def check_deform_conv2d_shapes(inputs: tf.Tensor, offsets: tf.Tensor, kernel: tf.Tensor,
+                               mask: tf.Tensor | None, bias: tf.Tensor | None, groups: int,
+                               deformable_groups: int) -> None:
+    """The statically checkable shape rules of deform_conv2d (shared with tf_dcn.composite).
 
-
-def _check_rank(tensor: tf.Tensor, rank: int, name: str, layout: str) -> None:
-    if tensor.shape.rank is not None and tensor.shape.rank != rank:
-        raise ValueError(f"{name}: expected a {rank}-D tensor {layout}, got shape {tensor.shape}")
+    Raises ValueError naming the argument; dimensions that are unknown are left to the kernel.
+    """
+    check_rank(inputs, 4, "inputs", "[N, H, W, C]")
+    check_rank(offsets, 4, "offsets", "[N, Ho, Wo, 2*DG*kh*kw]")
+    check_rank(kernel, 4, "kernel", "[kh, kw, C/groups, Cout]")
+    if mask is not None:
+        check_rank(mask, 4, "mask", "[N, Ho, Wo, DG*kh*kw]")
+    if bias is not None:
+        check_rank(bias, 1, "bias", "[Cout]")
+    channels = static_dim(inputs, 3)
+    if channels is not None:
+        if channels % groups:
+            raise ValueError(
+                f"groups: input channels ({channels}) are not divisible by groups ({groups})")
+        if channels % deformable_groups:
+            raise ValueError(
+                f"deformable_groups: input channels ({channels}) are not divisible by "
+                f"deformable_groups ({deformable_groups})"
+            )
+        k_in = static_dim(kernel, 2)
+        if k_in is not None and k_in != channels // groups:
+            raise ValueError(
+                f"kernel: expected {channels // groups} input channels (C/groups) in "
+                f"dimension 2, got shape {kernel.shape}"
+            )
+    cout = static_dim(kernel, 3)
+    if cout is not None and cout % groups:
+        raise ValueError(
+            f"groups: output channels of kernel ({cout}) are not divisible by groups ({groups})")
+    kh, kw = static_dim(kernel, 0), static_dim(kernel, 1)
+    n_off = static_dim(offsets, 3)
+    if kh is not None and kw is not None and n_off is not None and (
+            n_off != 2 * deformable_groups * kh * kw):
+        raise ValueError(
+            f"offsets: expected last dimension 2*deformable_groups*kh*kw = "
+            f"{2 * deformable_groups * kh * kw}, got shape {offsets.shape}"
+        )
+    if mask is not None and kh is not None and kw is not None:
+        n_mask = static_dim(mask, 3)
+        if n_mask is not None and n_mask != deformable_groups * kh * kw:
+            raise ValueError(
+                f"mask: expected last dimension deformable_groups*kh*kw = "
+                f"{deformable_groups * kh * kw}, got shape {mask.shape}"
+            )
+    if bias is not None and cout is not None and static_dim(bias, 0) not in (None, cout):
+        raise ValueError(f"bias: expected {cout} elements (Cout), got shape {bias.shape}")
 
 
 @tf.autograph.experimental.do_not_convert
@@ -103,56 +148,18 @@ def deform_conv2d(
             raise ValueError(f"inputs: dtype must be float16, bfloat16, float32 or float64, got {dtype}")
         offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
         kernel = tf.convert_to_tensor(kernel, dtype=dtype, name="kernel")
-        _check_rank(inputs, 4, "inputs", "[N, H, W, C]")
-        _check_rank(offsets, 4, "offsets", "[N, Ho, Wo, 2*DG*kh*kw]")
-        _check_rank(kernel, 4, "kernel", "[kh, kw, C/groups, Cout]")
         use_mask = mask is not None
         use_bias = bias is not None
         if use_mask:
             mask = tf.convert_to_tensor(mask, dtype=dtype, name="mask")
-            _check_rank(mask, 4, "mask", "[N, Ho, Wo, DG*kh*kw]")
-        else:
-            mask = tf.zeros([0], dtype=dtype)
         if use_bias:
             bias = tf.convert_to_tensor(bias, dtype=dtype, name="bias")
-            _check_rank(bias, 1, "bias", "[Cout]")
-        else:
+        check_deform_conv2d_shapes(inputs, offsets, kernel, mask, bias, groups,
+                                   deformable_groups)
+        if not use_mask:
+            mask = tf.zeros([0], dtype=dtype)
+        if not use_bias:
             bias = tf.zeros([0], dtype=dtype)
-
-        channels = _static_dim(inputs, 3)
-        if channels is not None:
-            if channels % groups:
-                raise ValueError(f"groups: input channels ({channels}) are not divisible by groups ({groups})")
-            if channels % deformable_groups:
-                raise ValueError(
-                    f"deformable_groups: input channels ({channels}) are not divisible by "
-                    f"deformable_groups ({deformable_groups})"
-                )
-            k_in = _static_dim(kernel, 2)
-            if k_in is not None and k_in != channels // groups:
-                raise ValueError(
-                    f"kernel: expected {channels // groups} input channels (C/groups) in "
-                    f"dimension 2, got shape {kernel.shape}"
-                )
-        cout = _static_dim(kernel, 3)
-        if cout is not None and cout % groups:
-            raise ValueError(f"groups: output channels of kernel ({cout}) are not divisible by groups ({groups})")
-        kh, kw = _static_dim(kernel, 0), _static_dim(kernel, 1)
-        n_off = _static_dim(offsets, 3)
-        if kh is not None and kw is not None and n_off is not None and n_off != 2 * deformable_groups * kh * kw:
-            raise ValueError(
-                f"offsets: expected last dimension 2*deformable_groups*kh*kw = "
-                f"{2 * deformable_groups * kh * kw}, got shape {offsets.shape}"
-            )
-        if use_mask and kh is not None and kw is not None:
-            n_mask = _static_dim(mask, 3)
-            if n_mask is not None and n_mask != deformable_groups * kh * kw:
-                raise ValueError(
-                    f"mask: expected last dimension deformable_groups*kh*kw = "
-                    f"{deformable_groups * kh * kw}, got shape {mask.shape}"
-                )
-        if use_bias and cout is not None and _static_dim(bias, 0) not in (None, cout):
-            raise ValueError(f"bias: expected {cout} elements (Cout), got shape {bias.shape}")
 
         return load_ops().tf_dcn_deformable_conv2d(
             input=inputs,

@@ -8,6 +8,7 @@ import numbers
 
 import tensorflow as tf
 
+from tf_dcn._arguments import check_rank, static_dim
 from tf_dcn._loader import load_ops
 
 _FORWARD_OP = "TfDcn>DeformablePSRoIPool"
@@ -17,13 +18,54 @@ _FLOAT32_MAX = 3.4028234663852886e38
 _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
-def _static_dim(tensor: tf.Tensor, axis: int) -> int | None:
-    return tensor.shape[axis] if tensor.shape.rank is not None else None
+def check_deform_psroi_pool_shapes(features: tf.Tensor, rois: tf.Tensor,
+                                   offsets: tf.Tensor | None, output_dim: int, group_size: int,
+                                   part_size: int) -> None:
+    """The statically checkable shape rules of deform_psroi_pool (shared with tf_dcn.composite).
 
-
-def _check_rank(tensor: tf.Tensor, rank: int, name: str, layout: str) -> None:
-    if tensor.shape.rank is not None and tensor.shape.rank != rank:
-        raise ValueError(f"{name}: expected a {rank}-D tensor {layout}, got shape {tensor.shape}")
+    Raises ValueError naming the argument; unknown dimensions are left to the kernel.
+    """
+    check_rank(features, 4, "features", "[N, H, W, C]")
+    check_rank(rois, 2, "rois", "[R, 5]")
+    if static_dim(rois, 1) not in (None, 5):
+        raise ValueError(
+            f"rois: expected shape [R, 5] of (batch_index, x1, y1, x2, y2), got {rois.shape}"
+        )
+    channels = static_dim(features, 3)
+    if channels is not None and channels != output_dim * group_size**2:
+        raise ValueError(
+            f"features: expected C = output_dim * group_size**2 = {output_dim} * "
+            f"{group_size}**2 = {output_dim * group_size**2} channels, got shape "
+            f"{features.shape}"
+        )
+    if offsets is None:
+        return
+    check_rank(offsets, 4, "offsets", "[R, part_size, part_size, 2*num_classes]")
+    if offsets.shape.rank is None:
+        return
+    r_off, ph, pw, last = offsets.shape.as_list()
+    if ph not in (None, part_size) or pw not in (None, part_size):
+        raise ValueError(
+            f"offsets: expected part_size = {part_size} in dimensions 1 and 2, got "
+            f"shape {offsets.shape}"
+        )
+    if last is not None:
+        if last < 2 or last % 2:
+            raise ValueError(
+                "offsets: expected a positive even last dimension 2*num_classes "
+                f"((x, y) pairs), got shape {offsets.shape}"
+            )
+        if output_dim % (last // 2):
+            raise ValueError(
+                f"offsets: output_dim ({output_dim}) is not divisible by num_classes "
+                f"= {last // 2} (the last dimension / 2), got shape {offsets.shape}"
+            )
+    r_rois = static_dim(rois, 0)
+    if r_off is not None and r_rois is not None and r_off != r_rois:
+        raise ValueError(
+            f"offsets: expected {r_rois} RoIs (the rows of rois) in dimension 0, got "
+            f"shape {offsets.shape}"
+        )
 
 
 def _positive_int(value, name: str) -> int:
@@ -149,48 +191,11 @@ def deform_psroi_pool(
                 f"features: dtype must be float16, bfloat16, float32 or float64, got {dtype}"
             )
         rois = _convert_rois(rois, dtype)
-        _check_rank(features, 4, "features", "[N, H, W, C]")
-        _check_rank(rois, 2, "rois", "[R, 5]")
-        if _static_dim(rois, 1) not in (None, 5):
-            raise ValueError(
-                f"rois: expected shape [R, 5] of (batch_index, x1, y1, x2, y2), got {rois.shape}"
-            )
-        channels = _static_dim(features, 3)
-        if channels is not None and channels != output_dim * group_size**2:
-            raise ValueError(
-                f"features: expected C = output_dim * group_size**2 = {output_dim} * "
-                f"{group_size}**2 = {output_dim * group_size**2} channels, got shape "
-                f"{features.shape}"
-            )
         use_offsets = offsets is not None
         if use_offsets:
             offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
-            _check_rank(offsets, 4, "offsets", "[R, part_size, part_size, 2*num_classes]")
-            if offsets.shape.rank is not None:
-                r_off, ph, pw, last = offsets.shape.as_list()
-                if ph not in (None, part_size) or pw not in (None, part_size):
-                    raise ValueError(
-                        f"offsets: expected part_size = {part_size} in dimensions 1 and 2, got "
-                        f"shape {offsets.shape}"
-                    )
-                if last is not None:
-                    if last < 2 or last % 2:
-                        raise ValueError(
-                            "offsets: expected a positive even last dimension 2*num_classes "
-                            f"((x, y) pairs), got shape {offsets.shape}"
-                        )
-                    if output_dim % (last // 2):
-                        raise ValueError(
-                            f"offsets: output_dim ({output_dim}) is not divisible by num_classes "
-                            f"= {last // 2} (the last dimension / 2), got shape {offsets.shape}"
-                        )
-                r_rois = _static_dim(rois, 0)
-                if r_off is not None and r_rois is not None and r_off != r_rois:
-                    raise ValueError(
-                        f"offsets: expected {r_rois} RoIs (the rows of rois) in dimension 0, got "
-                        f"shape {offsets.shape}"
-                    )
-        else:
+        check_deform_psroi_pool_shapes(features, rois, offsets, output_dim, group_size, part_size)
+        if not use_offsets:
             offsets = tf.zeros([0], dtype=dtype)
 
         return load_ops().tf_dcn_deformable_ps_ro_i_pool(
@@ -261,8 +266,8 @@ def deform_roi_pool(
     """
     with tf.name_scope(name or "deform_roi_pool"):
         features = tf.convert_to_tensor(features, name="features")
-        _check_rank(features, 4, "features", "[N, H, W, C]")
-        channels = _static_dim(features, 3)
+        check_rank(features, 4, "features", "[N, H, W, C]")
+        channels = static_dim(features, 3)
         if channels is None:
             raise ValueError(
                 f"features: deform_roi_pool needs a statically known channel dimension C, got "
