@@ -91,3 +91,21 @@ def check_rank(tensor: tf.Tensor, rank: int, name: str, layout: str) -> None:
     """ValueError naming ``name`` when the static rank is known and differs from ``rank``."""
     if tensor.shape.rank is not None and tensor.shape.rank != rank:
         raise ValueError(f"{name}: expected a {rank}-D tensor {layout}, got shape {tensor.shape}")
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1; ValueError naming ``name`` otherwise."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def normalize_conv_arguments(strides: IntOrPair, padding: Padding, dilation_rate: IntOrPair,
+                             groups: int, deformable_groups: int):
+    """``(strides, dilations, padding_mode, explicit_paddings, groups, deformable_groups)`` of
+    deform_conv2d's arguments, validated (shared by the op wrapper and the composite)."""
+    strides = normalize_pair(strides, "strides")
+    dilations = normalize_pair(dilation_rate, "dilation_rate")
+    padding_mode, explicit_paddings = normalize_padding(padding)
+    return (strides, dilations, padding_mode, explicit_paddings, positive_int(groups, "groups"),
+            positive_int(deformable_groups, "deformable_groups"))

@@ -42,8 +42,7 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
-from tf_dcn._arguments import IntOrPair, Padding, normalize_pair, normalize_padding
-from tf_dcn._arguments import check_rank, static_dim
+from tf_dcn._arguments import IntOrPair, Padding, normalize_conv_arguments, static_dim
 from tf_dcn.deform_conv import check_deform_conv2d_shapes
 from tf_dcn.deform_psroi_pool import (
     _DTYPES,
@@ -51,6 +50,7 @@ from tf_dcn.deform_psroi_pool import (
     _non_negative_float,
     _positive_int,
     check_deform_psroi_pool_shapes,
+    roi_pool_channels,
 )
 
 __all__ = ["IMPLEMENTATIONS", "check_implementation", "deform_conv2d", "deform_psroi_pool",
@@ -272,15 +272,8 @@ def deform_conv2d(
         >>> y.shape
         TensorShape([2, 16, 16, 4])
     """
-    strides = normalize_pair(strides, "strides")
-    dilations = normalize_pair(dilation_rate, "dilation_rate")
-    padding_mode, explicit = normalize_padding(padding)
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    if not isinstance(deformable_groups, int) or isinstance(deformable_groups, bool) or (
-        deformable_groups < 1
-    ):
-        raise ValueError(f"deformable_groups must be a positive int, got {deformable_groups!r}")
+    strides, dilations, padding_mode, explicit, groups, deformable_groups = (
+        normalize_conv_arguments(strides, padding, dilation_rate, groups, deformable_groups))
 
     with tf.name_scope(name or "deform_conv2d_composite"):
         inputs = tf.convert_to_tensor(inputs, name="inputs")
@@ -708,15 +701,7 @@ def deform_roi_pool(
     """
     with tf.name_scope(name or "deform_roi_pool_composite"):
         features = tf.convert_to_tensor(features, name="features")
-        check_rank(features, 4, "features", "[N, H, W, C]")
-        channels = static_dim(features, 3)
-        if channels is None:
-            raise ValueError(
-                f"features: deform_roi_pool needs a statically known channel dimension C, got "
-                f"shape {features.shape}"
-            )
-        if channels < 1:
-            raise ValueError(f"features: expected at least one channel, got shape {features.shape}")
+        channels = roi_pool_channels(features)
         return deform_psroi_pool(
             features, rois, offsets, output_dim=channels, group_size=1, pooled_size=pooled_size,
             part_size=pooled_size, sample_per_part=sample_per_part, trans_std=trans_std,

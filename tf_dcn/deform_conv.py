@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_dcn._arguments import (IntOrPair, Padding, check_rank, normalize_pair,
-                               normalize_padding, static_dim)
+from tf_dcn._arguments import (IntOrPair, Padding, check_rank, normalize_conv_arguments,
+                               static_dim)
 from tf_dcn._loader import load_ops
 
 _FORWARD_OP = "TfDcn>DeformableConv2D"
@@ -131,15 +131,8 @@ def deform_conv2d(
         >>> y.shape
         TensorShape([2, 16, 16, 4])
     """
-    strides = normalize_pair(strides, "strides")
-    dilations = normalize_pair(dilation_rate, "dilation_rate")
-    padding_mode, explicit_paddings = normalize_padding(padding)
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    if not isinstance(deformable_groups, int) or isinstance(deformable_groups, bool) or (
-        deformable_groups < 1
-    ):
-        raise ValueError(f"deformable_groups must be a positive int, got {deformable_groups!r}")
+    strides, dilations, padding_mode, explicit_paddings, groups, deformable_groups = (
+        normalize_conv_arguments(strides, padding, dilation_rate, groups, deformable_groups))
 
     with tf.name_scope(name or "deform_conv2d"):
         inputs = tf.convert_to_tensor(inputs, name="inputs")

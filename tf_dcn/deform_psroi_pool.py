@@ -18,6 +18,20 @@ _FLOAT32_MAX = 3.4028234663852886e38
 _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
+def roi_pool_channels(features: tf.Tensor) -> int:
+    """``C`` of deform_roi_pool's features (it becomes output_dim); must be static and >= 1."""
+    check_rank(features, 4, "features", "[N, H, W, C]")
+    channels = static_dim(features, 3)
+    if channels is None:
+        raise ValueError(
+            f"features: deform_roi_pool needs a statically known channel dimension C, got "
+            f"shape {features.shape}"
+        )
+    if channels < 1:
+        raise ValueError(f"features: expected at least one channel, got shape {features.shape}")
+    return channels
+
+
 def check_deform_psroi_pool_shapes(features: tf.Tensor, rois: tf.Tensor,
                                    offsets: tf.Tensor | None, output_dim: int, group_size: int,
                                    part_size: int) -> None:
@@ -266,15 +280,7 @@ def deform_roi_pool(
     """
     with tf.name_scope(name or "deform_roi_pool"):
         features = tf.convert_to_tensor(features, name="features")
-        check_rank(features, 4, "features", "[N, H, W, C]")
-        channels = static_dim(features, 3)
-        if channels is None:
-            raise ValueError(
-                f"features: deform_roi_pool needs a statically known channel dimension C, got "
-                f"shape {features.shape}"
-            )
-        if channels < 1:
-            raise ValueError(f"features: expected at least one channel, got shape {features.shape}")
+        channels = roi_pool_channels(features)
         return deform_psroi_pool(
             features,
             rois,
