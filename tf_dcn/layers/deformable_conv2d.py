@@ -10,6 +10,7 @@ import tensorflow as tf
 from tf_dcn import composite
 from tf_dcn._arguments import conv_output_size, normalize_pair, normalize_padding
 from tf_dcn.deform_conv import deform_conv2d
+from tf_dcn.layers._implementation import ImplementationSwitch
 
 
 def _is_shape_list(input_shape: Any) -> bool:
@@ -19,7 +20,7 @@ def _is_shape_list(input_shape: Any) -> bool:
 
 
 @keras.saving.register_keras_serializable(package="tf_dcn")
-class DeformableConv2D(keras.layers.Layer):
+class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
     """2-D deformable convolution (Dai et al. 2017; modulated v2, Zhu et al. 2019).
 
     Every kernel tap samples the input bilinearly at a learned offset from its regular grid
@@ -143,16 +144,6 @@ class DeformableConv2D(keras.layers.Layer):
         # Also sets supports_jit: XLA cannot compile the custom op, so keep Keras' default
         # jit_compile="auto" off for models that use it; the composite compiles.
         self.implementation = implementation
-
-    @property
-    def implementation(self) -> str:
-        """``"op"`` or ``"composite"``; setting it also sets ``supports_jit``."""
-        return self._implementation
-
-    @implementation.setter
-    def implementation(self, value: str) -> None:
-        self._implementation = composite.check_implementation(value)
-        self.supports_jit = value == "composite"
 
     # -- shapes ------------------------------------------------------------------------------
     @property

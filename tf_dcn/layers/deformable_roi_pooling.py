@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tf_dcn import composite
 from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
+from tf_dcn.layers._implementation import ImplementationSwitch
 
 
 def _positive(value, name: str) -> int:
@@ -22,7 +23,7 @@ def _non_negative(value, name: str) -> float:
     return value
 
 
-class _RoIPoolingBase(keras.layers.Layer):
+class _RoIPoolingBase(ImplementationSwitch, keras.layers.Layer):
     """Shared behaviour: XLA only with the composite implementation, rois kept in float32,
     features cast to the compute dtype."""
 
@@ -33,16 +34,6 @@ class _RoIPoolingBase(keras.layers.Layer):
         super().__init__(**kwargs)
         # Also sets supports_jit (the custom op cannot be XLA-compiled, the composite can).
         self.implementation = implementation
-
-    @property
-    def implementation(self) -> str:
-        """``"op"`` or ``"composite"``; setting it also sets ``supports_jit``."""
-        return self._implementation
-
-    @implementation.setter
-    def implementation(self, value: str) -> None:
-        self._implementation = composite.check_implementation(value)
-        self.supports_jit = value == "composite"
 
     def _psroi_pool(self, *args, **kwargs):
         if self._implementation == "composite":
