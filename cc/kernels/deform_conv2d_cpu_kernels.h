@@ -377,6 +377,21 @@ void Backward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* i
   });
 }
 
+// Calls fn(T()) with the element type named by `type` (this build's Eigen half types).
+template <typename Fn>
+void WithElementType(ElementType type, Fn fn) {
+  switch (type) {
+    case ElementType::kHalf:
+      return fn(Eigen::half());
+    case ElementType::kBFloat16:
+      return fn(Eigen::bfloat16());
+    case ElementType::kFloat:
+      return fn(float());
+    case ElementType::kDouble:
+      return fn(double());
+  }
+}
+
 }  // namespace
 
 void DeformConv2DForward(ElementType type, const DeformConv2DDims& d, const CpuParallel& parallel,
@@ -387,16 +402,7 @@ void DeformConv2DForward(ElementType type, const DeformConv2DDims& d, const CpuP
                static_cast<const T*>(a.mask), static_cast<const T*>(a.kernel),
                static_cast<const T*>(a.bias), static_cast<T*>(a.output));
   };
-  switch (type) {
-    case ElementType::kHalf:
-      return run(Eigen::half());
-    case ElementType::kBFloat16:
-      return run(Eigen::bfloat16());
-    case ElementType::kFloat:
-      return run(float());
-    case ElementType::kDouble:
-      return run(double());
-  }
+  WithElementType(type, run);
 }
 
 void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d, const CpuParallel& parallel,
@@ -409,16 +415,7 @@ void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d, const Cpu
                 static_cast<T*>(a.grad_offsets), static_cast<T*>(a.grad_mask),
                 static_cast<T*>(a.grad_kernel), static_cast<T*>(a.grad_bias));
   };
-  switch (type) {
-    case ElementType::kHalf:
-      return run(Eigen::half());
-    case ElementType::kBFloat16:
-      return run(Eigen::bfloat16());
-    case ElementType::kFloat:
-      return run(float());
-    case ElementType::kDouble:
-      return run(double());
-  }
+  WithElementType(type, run);
 }
 
 }  // namespace TF_DCN_CPU_ISA

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "cc/kernels/deform_conv2d_functor.h"
 #include "cc/kernels/deform_conv2d_geometry.h"
+#include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -194,11 +195,6 @@ absl::Status ComputeDeformConv2DDims(const DeformConv2DAttrs& a, const Tensor& i
     }
   }
   return absl::OkStatus();
-}
-
-template <typename T>
-const T* DataOrNull(const Tensor& t, bool used) {
-  return used ? t.flat<T>().data() : nullptr;
 }
 
 }  // namespace

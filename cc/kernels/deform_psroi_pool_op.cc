@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "cc/kernels/deform_psroi_pool_functor.h"
 #include "cc/kernels/deform_psroi_pool_geometry.h"
+#include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -176,11 +177,6 @@ absl::Status ValidateBatchIndices(const Tensor& rois, int64_t batch) {
 absl::Status OutputShape(const DeformPSRoIPoolDims& d, TensorShape* shape) {
   return TensorShape::BuildTensorShape({d.num_rois, d.pooled_size, d.pooled_size, d.output_dim},
                                        shape);
-}
-
-template <typename T>
-const T* DataOrNull(const Tensor& t, bool used) {
-  return used ? t.flat<T>().data() : nullptr;
 }
 
 }  // namespace

@@ -6,14 +6,9 @@ import keras
 import tensorflow as tf
 
 from tf_dcn import composite
+from tf_dcn._arguments import positive_int
 from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
 from tf_dcn.layers._implementation import ImplementationSwitch
-
-
-def _positive(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-    return value
 
 
 def _non_negative(value, name: str) -> float:
@@ -108,9 +103,9 @@ class DeformableRoIPooling(_RoIPoolingBase):
                  offset_kernel_initializer="zeros", offset_bias_initializer="zeros",
                  implementation: str = "op", **kwargs):
         super().__init__(implementation=implementation, **kwargs)
-        self.pooled_size = _positive(pooled_size, "pooled_size")
+        self.pooled_size = positive_int(pooled_size, "pooled_size")
         self.spatial_scale = _non_negative(spatial_scale, "spatial_scale")
-        self.sample_per_part = _positive(sample_per_part, "sample_per_part")
+        self.sample_per_part = positive_int(sample_per_part, "sample_per_part")
         self.trans_std = _non_negative(trans_std, "trans_std")
         self.offset_kernel_initializer = keras.initializers.get(offset_kernel_initializer)
         self.offset_bias_initializer = keras.initializers.get(offset_bias_initializer)
@@ -210,13 +205,13 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
                  offset_kernel_initializer="zeros", offset_bias_initializer="zeros",
                  implementation: str = "op", **kwargs):
         super().__init__(implementation=implementation, **kwargs)
-        self.output_dim = _positive(output_dim, "output_dim")
-        self.group_size = _positive(group_size, "group_size")
-        self.pooled_size = _positive(pooled_size if pooled_size is not None else group_size,
+        self.output_dim = positive_int(output_dim, "output_dim")
+        self.group_size = positive_int(group_size, "group_size")
+        self.pooled_size = positive_int(pooled_size if pooled_size is not None else group_size,
                                      "pooled_size")
-        self.part_size = _positive(part_size if part_size is not None else self.pooled_size,
+        self.part_size = positive_int(part_size if part_size is not None else self.pooled_size,
                                    "part_size")
-        self.sample_per_part = _positive(sample_per_part, "sample_per_part")
+        self.sample_per_part = positive_int(sample_per_part, "sample_per_part")
         self.trans_std = _non_negative(trans_std, "trans_std")
         self.spatial_scale = _non_negative(spatial_scale, "spatial_scale")
         self.class_aware_offsets = bool(class_aware_offsets)
