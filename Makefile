@@ -1,7 +1,10 @@
 # tf-dcn build. Everything runs inside a local virtualenv (.venv) made from requirements.txt;
 # compiler and linker flags come from tf.sysconfig, never from hard-coded paths.
 #
-#   make build   venv + op library (tf_dcn/_tf_dcn_ops.so)
+#   make build   venv + CPU op library (tf_dcn/_tf_dcn_ops.so), the CUDA op library
+#                (tf_dcn/_tf_dcn_ops_cuda.so) when nvcc is found (CUDA=0 skips it), and the host
+#                emulation of the GPU launchers used by the tests
+#   make gpu     venv + CUDA op library; fails without nvcc
 #   make test    build + the whole pytest suite
 #   make demo    build + python -m tf_dcn.demo
 #   make wheel   platform wheel in dist/ (build_pip_pkg.sh)
@@ -14,6 +17,8 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.requirements-installed
 BUILD       := build
 OPS_LIB     := tf_dcn/_tf_dcn_ops.so
+CUDA_LIB    := tf_dcn/_tf_dcn_ops_cuda.so
+EMU_LIB     := $(BUILD)/emulation/libtfdcn_emulation.so
 
 # Every C++ source of the CPU op library (the Bazel BUILD file is checked against this list).
 # The AVX2 kernels come last: where the baseline and AVX2 objects both emit an inline function,
@@ -38,7 +43,7 @@ CXXFLAGS ?= -O3 -DNDEBUG
 SIMD     := -fopenmp-simd
 WARN     := -Wall -Wno-deprecated-declarations -Wno-interference-size -Wno-sign-compare -Wno-unused-function
 
-.PHONY: all venv build test demo wheel bench bazel clean distclean print-sources
+.PHONY: all venv build gpu test demo wheel bench bazel clean distclean print-sources
 .DELETE_ON_ERROR:
 
 all: build
@@ -74,7 +79,57 @@ $(OPS_LIB): $(OBJS)
 	$(CXX) -shared $(OBJS) -o $@.tmp $(TF_LFLAGS) -Wl,-z,defs -Wl,-O1
 	mv -f $@.tmp $@
 
-build: $(STAMP) $(OPS_LIB)
+# ---- CUDA op library ------------------------------------------------------------------------
+# The .cu launchers include no TensorFlow headers (nvcc); the op shims are compiled again by g++
+# with TF_DCN_WITH_CUDA, which adds the DEVICE_GPU registrations and the GPU functors
+# (cc/kernels/gpu/). The CUDA 13 runtime is linked statically and hidden, before TensorFlow's
+# libraries (see shared/notes/gpu-build.md), so the library depends only on libtensorflow_framework.
+NVCC       ?= $(shell command -v nvcc 2>/dev/null)
+CUDA       ?= $(if $(NVCC),1,0)
+CUDA_HOME  ?= $(if $(NVCC),$(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ TOP=//p'))
+CUDA_HOME  := $(CUDA_HOME)
+CUDART_STATIC := $(firstword $(wildcard $(CUDA_HOME)/lib64/libcudart_static.a \
+	$(CUDA_HOME)/lib/libcudart_static.a $(CUDA_HOME)/targets/x86_64-linux/lib/libcudart_static.a))
+CUDA_ARCHS := 75 80 86 89 90
+NVCC_FLAGS ?= -O3 -DNDEBUG
+NVCC_ALL_FLAGS = $(NVCC_FLAGS) -std=c++17 -Xcompiler -fPIC -I. --threads 0 \
+	$(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+	-gencode arch=compute_90,code=compute_90
+CU_SRCS      := $(sort $(wildcard cc/kernels/*.cu))
+GPU_SHIMS    := cc/kernels/deform_conv2d_op.cc cc/kernels/deform_psroi_pool_op.cc
+GPU_FUNCTORS := $(sort $(wildcard cc/kernels/gpu/*.cc))
+# The CPU objects in OPS_SRCS order with the shims swapped for their GPU builds; the GPU functors
+# and the .cu objects go before the last (AVX2) object, which must stay last.
+CUDA_OBJS := $(foreach s,$(filter-out $(lastword $(OPS_SRCS)),$(OPS_SRCS)),\
+	$(if $(filter $(s),$(GPU_SHIMS)),$(BUILD)/cuda/$(s:.cc=.o),$(BUILD)/$(s:.cc=.o))) \
+	$(patsubst %.cc,$(BUILD)/cuda/%.o,$(GPU_FUNCTORS)) \
+	$(patsubst %.cu,$(BUILD)/cuda/%.cu.o,$(CU_SRCS)) \
+	$(BUILD)/$(patsubst %.cc,%.o,$(lastword $(OPS_SRCS)))
+
+$(BUILD)/cuda/%.cu.o: %.cu $(HEADERS) $(wildcard cc/kernels/*.cuh)
+	@test -n "$(NVCC)" || { echo "nvcc not found: install the CUDA 13 toolkit or build with CUDA=0"; exit 1; }
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_ALL_FLAGS) -c $< -o $@
+
+$(BUILD)/cuda/%.o: %.cc $(HEADERS) $(wildcard cc/kernels/gpu/*.h) $(BUILD)/tf_flags.mk
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(SIMD) $(WARN) -fPIC -I. $(TF_CFLAGS) -DGOOGLE_CUDA=1 -DTF_DCN_WITH_CUDA=1 -c $< -o $@
+
+$(CUDA_LIB): $(CUDA_OBJS)
+	@test -n "$(CUDART_STATIC)" || { echo "libcudart_static.a not found under CUDA_HOME=$(CUDA_HOME)"; exit 1; }
+	$(CXX) -shared $(CUDA_OBJS) $(CUDART_STATIC) -ldl -lpthread -lrt -Wl,--exclude-libs,ALL \
+		-o $@.tmp $(TF_LFLAGS) -Wl,-z,defs -Wl,-O1
+	mv -f $@.tmp $@
+
+gpu: $(STAMP) $(CUDA_LIB)
+
+# ---- Host emulation of the GPU launchers (tests/gpu/capi.cc run on the CPU; no TensorFlow) ------
+$(EMU_LIB): tests/gpu/capi.cc tests/gpu/capi.h tests/gpu/host_gemm.h $(HEADERS) $(BUILD)/tf_flags.mk
+	@mkdir -p $(dir $@)
+	$(CXX) -O2 -std=c++17 $(WARN) -fPIC -shared -DTF_DCN_CAPI_EMULATION -I. $(TF_CFLAGS) $< -o $@.tmp
+	mv -f $@.tmp $@
+
+build: $(STAMP) $(OPS_LIB) $(EMU_LIB) $(if $(filter 1,$(CUDA)),$(CUDA_LIB))
 
 test: build
 	$(PY) -m pytest -q tests
@@ -96,7 +151,7 @@ print-sources:
 	@echo $(OPS_SRCS)
 
 clean:
-	rm -rf $(BUILD) $(OPS_LIB) dist *.egg-info
+	rm -rf $(BUILD) $(OPS_LIB) $(CUDA_LIB) dist *.egg-info
 
 distclean: clean
 	rm -rf $(VENV)

@@ -9,10 +9,9 @@
 #include <string>
 
 #include "cc/kernels/deform_conv2d_geometry.h"
+#include "cc/kernels/kernel_args.h"
 
 namespace tf_dcn {
-
-enum class ElementType { kHalf, kBFloat16, kFloat, kDouble };
 
 // Runs fn(begin, end) over [0, total) on the op's intra-op thread pool; `cost` is the estimated
 // cost of one unit (as for TensorFlow's ThreadPool::ParallelFor).
@@ -20,28 +19,6 @@ struct CpuParallel {
   std::function<void(int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn)>
       parallel_for;
   int num_threads = 1;
-};
-
-struct DeformConv2DForwardArgs {
-  const void* input;
-  const void* offsets;
-  const void* mask;  // nullptr without a mask (v1)
-  const void* kernel;
-  const void* bias;  // nullptr without a bias
-  void* output;
-};
-
-struct DeformConv2DBackwardArgs {
-  const void* input;
-  const void* offsets;
-  const void* mask;
-  const void* kernel;
-  const void* grad_output;
-  void* grad_input;
-  void* grad_offsets;
-  void* grad_mask;  // nullptr without a mask
-  void* grad_kernel;
-  void* grad_bias;  // nullptr without a bias
 };
 
 #define TF_DCN_DECLARE_CPU_ISA(isa)                                                          \

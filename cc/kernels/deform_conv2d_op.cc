@@ -1,6 +1,6 @@
 // OpKernels of TfDcn>DeformableConv2D and its gradient: attribute parsing, input validation and
 // output allocation, shared by every device. The maths is in the device functors
-// (deform_conv2d_cpu.cc; the CUDA launchers when built with GOOGLE_CUDA).
+// (deform_conv2d_cpu.cc; cc/kernels/gpu/deform_conv2d_gpu_functor.cc in the CUDA library).
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
@@ -16,6 +16,9 @@
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#if TF_DCN_WITH_CUDA
+#include "cc/kernels/gpu/gpu_op_util.h"
+#endif
 
 namespace tf_dcn {
 
@@ -283,5 +286,21 @@ TF_DCN_REGISTER_CPU(Eigen::bfloat16);
 TF_DCN_REGISTER_CPU(float);
 TF_DCN_REGISTER_CPU(double);
 #undef TF_DCN_REGISTER_CPU
+
+#if TF_DCN_WITH_CUDA
+// Same kernels on the GPU (CUDA op library only); the functors are in cc/kernels/gpu/.
+#define TF_DCN_REGISTER_GPU(T)                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                        \
+      Name("TfDcn>DeformableConv2D").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),     \
+      DeformConv2DOp<GpuDevice, T>);                                                              \
+  REGISTER_KERNEL_BUILDER(                                                                        \
+      Name("TfDcn>DeformableConv2DGrad").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      DeformConv2DGradOp<GpuDevice, T>);
+TF_DCN_REGISTER_GPU(Eigen::half);
+TF_DCN_REGISTER_GPU(Eigen::bfloat16);
+TF_DCN_REGISTER_GPU(float);
+TF_DCN_REGISTER_GPU(double);
+#undef TF_DCN_REGISTER_GPU
+#endif  // TF_DCN_WITH_CUDA
 
 }  // namespace tf_dcn

@@ -1,0 +1,492 @@
+// The GPU algorithm of the deformable convolution, written once over an executor (gpu_launch.h):
+// CudaExec runs it on the device (deform_conv2d_gpu.cu), HostExec runs the very same code on the
+// CPU for the test suite. No TensorFlow and no CUDA headers.
+//
+// Output pixels are processed in chunks of P pixels (P chosen so that the column buffers stay
+// under kColumnBudgetBytes; the chunks run one after another on the stream):
+//   forward   col[grp][p][k][c] = mask * bilinear(input)          (Im2Col, one thread per element)
+//             out[p][o] = bias[o] + sum col * kernel                (one strided-batched GEMM)
+//   backward  dcol = grad_out * kernel^T                            (GEMM)
+//             d kernel += col^T * grad_out                          (GEMM, accumulated over chunks)
+//             d offsets, d mask: one thread per sample, an ordered loop over its channels
+//             d input: fast path = atomic adds of the four corner shares (ScatterInputGrad);
+//                      deterministic path = each corner share becomes an entry keyed by the input
+//                      pixel it lands on, entries are stably radix-sorted by key, and one thread
+//                      per (pixel, channel) sums its entries in sorted order (GatherInputGrad):
+//                      no floating-point atomics, bitwise reproducible.
+//             d bias: per-block partial sums, then an ordered sum of the blocks.
+// Half types keep col/dcol and the GEMM operands in their own type (the GEMM accumulates in
+// float32); everything else accumulates in float32 (AccumulatorType).
+#ifndef TF_DCN_CC_KERNELS_DEFORM_CONV2D_LAUNCH_H_
+#define TF_DCN_CC_KERNELS_DEFORM_CONV2D_LAUNCH_H_
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cc/kernels/dcn_common.h"
+#include "cc/kernels/deform_conv2d_geometry.h"
+#include "cc/kernels/gpu_launch.h"
+#include "cc/kernels/kernel_args.h"
+
+namespace tf_dcn {
+namespace conv_gpu {
+
+constexpr int64_t kColumnBudgetBytes = int64_t(128) << 20;  // col (+ dcol) per chunk
+constexpr int64_t kBiasRowsPerBlock = 256;
+
+// Sizes derived once per call.
+struct Shape {
+  int64_t N, H, W, C, Ho, Wo, Cout;
+  int64_t K, kw, DG, Cg, Cdg, Coutg, groups;
+  int64_t sh, sw, dh, dw, pad_top, pad_left;
+  int64_t total;  // N * Ho * Wo
+
+  explicit Shape(const DeformConv2DDims& d)
+      : N(d.batch), H(d.in_h), W(d.in_w), C(d.in_c), Ho(d.out_h), Wo(d.out_w), Cout(d.out_c),
+        K(d.taps()), kw(d.kernel_w), DG(d.deformable_groups), Cg(d.in_c_per_group()),
+        Cdg(d.in_c_per_dgroup()), Coutg(d.out_c_per_group()), groups(d.groups),
+        sh(d.stride_h), sw(d.stride_w), dh(d.dilation_h), dw(d.dilation_w), pad_top(d.pad_top),
+        pad_left(d.pad_left), total(d.out_pixels()) {}
+};
+
+// The bilinear sample of tap gk (= g*K + k) of output pixel p.
+template <typename A, typename T>
+TF_DCN_HD ConvSample<A> SampleOf(const Shape& s, const T* offsets, int64_t p, int64_t gk) {
+  const int64_t per_image = s.Ho * s.Wo;
+  const int64_t rem = p % per_image;
+  const int64_t ho = rem / s.Wo, wo = rem - (rem / s.Wo) * s.Wo;
+  const int64_t k = gk % s.K;
+  const int64_t i = k / s.kw, j = k - (k / s.kw) * s.kw;
+  const T* off = offsets + p * 2 * s.DG * s.K + 2 * gk;
+  const A y = A(ho * s.sh - s.pad_top + i * s.dh) + A(off[0]);
+  const A x = A(wo * s.sw - s.pad_left + j * s.dw) + A(off[1]);
+  return MakeConvSample<A>(y, x, s.H, s.W);
+}
+
+// Index in a chunk's column buffer col[grp][pp][k][c - grp*Cg] (P pixels per chunk).
+TF_DCN_HD int64_t ColIndex(const Shape& s, int64_t P, int64_t pp, int64_t k, int64_t c) {
+  const int64_t grp = c / s.Cg;
+  return ((grp * P + pp) * s.K + k) * s.Cg + (c - grp * s.Cg);
+}
+
+// col for pixels [p0, p0 + P), one thread per (pixel, tap, channel of the deformable group).
+template <typename T>
+struct Im2Col {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T *input, *offsets, *mask;
+  T* col;
+  int64_t p0, P;
+
+  TF_DCN_HD void operator()(int64_t i) const {
+    const int64_t c_in = i % s.Cdg;
+    const int64_t gk = (i / s.Cdg) % (s.DG * s.K);
+    const int64_t pp = i / (s.Cdg * s.DG * s.K);
+    const int64_t p = p0 + pp, g = gk / s.K, k = gk - g * s.K, c = g * s.Cdg + c_in;
+    const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
+    A v = A(0);
+    if (smp.kind == kSampleNaN) {
+      v = QuietNaN<A>();
+    } else if (smp.kind == kSampleInside) {
+      const T* image = input + (p / (s.Ho * s.Wo)) * s.H * s.W * s.C + c;
+      A u[4];
+      for (int q = 0; q < 4; ++q) u[q] = smp.pixel[q] >= 0 ? A(image[smp.pixel[q] * s.C]) : A(0);
+      v = ConvSampleValue(smp, u);
+      if (mask) v *= A(mask[p * s.DG * s.K + gk]);
+    }
+    col[ColIndex(s, P, pp, k, c)] = T(v);
+  }
+};
+
+// out[e] = bias[e % Cout] for the chunk's output rows (the GEMM then adds with beta = 1).
+template <typename T>
+struct FillBias {
+  const T* bias;
+  T* out;
+  int64_t Cout;
+  TF_DCN_HD void operator()(int64_t e) const { out[e] = bias[e % Cout]; }
+};
+
+// d offsets and d mask of every sample of the chunk: one thread per (pixel, tap), an ordered loop
+// over the channels of its deformable group (deterministic by construction).
+template <typename T>
+struct OffsetMaskGrad {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T *input, *offsets, *mask, *dcol;
+  T *grad_offsets, *grad_mask;
+  int64_t p0, P;
+
+  TF_DCN_HD void operator()(int64_t i) const {
+    const int64_t gk = i % (s.DG * s.K), pp = i / (s.DG * s.K);
+    const int64_t p = p0 + pp, g = gk / s.K, k = gk - g * s.K;
+    const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
+    T* doff = grad_offsets + p * 2 * s.DG * s.K + 2 * gk;
+    T* dmsk = grad_mask ? grad_mask + p * s.DG * s.K + gk : nullptr;
+    if (smp.kind != kSampleInside) {
+      const A fill = smp.kind == kSampleNaN ? QuietNaN<A>() : A(0);
+      doff[0] = T(fill);
+      doff[1] = T(fill);
+      if (dmsk) *dmsk = T(fill);
+      return;
+    }
+    const T* image = input + (p / (s.Ho * s.Wo)) * s.H * s.W * s.C;
+    A sums[4] = {A(0), A(0), A(0), A(0)};
+    for (int64_t c = g * s.Cdg; c < (g + 1) * s.Cdg; ++c) {
+      const A gc = A(dcol[ColIndex(s, P, pp, k, c)]);
+      for (int q = 0; q < 4; ++q) {
+        if (smp.pixel[q] >= 0) sums[q] += gc * A(image[smp.pixel[q] * s.C + c]);
+      }
+    }
+    const A m = mask ? A(mask[p * s.DG * s.K + gk]) : A(1);
+    doff[0] = T(m * ConvSampleDy(smp, sums));
+    doff[1] = T(m * ConvSampleDx(smp, sums));
+    if (dmsk) *dmsk = T(ConvSampleValue(smp, sums));
+  }
+};
+
+// Fast input gradient: one thread per (pixel, tap, channel) adds its four corner shares
+// atomically into the float accumulator acc[N, H, W, C].
+template <typename T>
+struct ScatterInputGrad {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T *offsets, *mask, *dcol;
+  A* acc;
+  int64_t p0, P;
+
+  TF_DCN_HD void operator()(int64_t i) const {
+    const int64_t c_in = i % s.Cdg;
+    const int64_t gk = (i / s.Cdg) % (s.DG * s.K);
+    const int64_t pp = i / (s.Cdg * s.DG * s.K);
+    const int64_t p = p0 + pp, g = gk / s.K, k = gk - g * s.K, c = g * s.Cdg + c_in;
+    const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
+    if (smp.kind != kSampleInside) return;
+    A gc = A(dcol[ColIndex(s, P, pp, k, c)]);
+    if (mask) gc *= A(mask[p * s.DG * s.K + gk]);
+    A* image = acc + (p / (s.Ho * s.Wo)) * s.H * s.W * s.C + c;
+    for (int q = 0; q < 4; ++q) {
+      if (smp.pixel[q] >= 0) AtomicAddTo(image + smp.pixel[q] * s.C, smp.weight[q] * gc);
+    }
+  }
+};
+
+// Deterministic input gradient, step 1: entry e = ((pp*DG + g)*K + k)*4 + q is the share of
+// corner q of sample (pp, g, k). Its key is the (image pixel, deformable group) it lands on, or
+// `sentinel` (sorted last, ignored) when that corner reads nothing.
+template <typename T>
+struct InputGradKeys {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T* offsets;
+  uint64_t* keys;
+  uint32_t* values;
+  int64_t p0;
+  uint64_t sentinel;
+
+  TF_DCN_HD void operator()(int64_t e) const {
+    const int q = static_cast<int>(e % 4);
+    const int64_t gk = (e / 4) % (s.DG * s.K), pp = e / (4 * s.DG * s.K);
+    const int64_t p = p0 + pp, g = gk / s.K;
+    const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
+    uint64_t key = sentinel;
+    if (smp.kind == kSampleInside && smp.pixel[q] >= 0) {
+      const int64_t n = p / (s.Ho * s.Wo);
+      key = static_cast<uint64_t>((n * s.H * s.W + smp.pixel[q]) * s.DG + g);
+    }
+    keys[e] = key;
+    values[e] = static_cast<uint32_t>(e);
+  }
+};
+
+// Deterministic input gradient, step 2: one thread per (sorted entry, channel of the group). The
+// thread at the first entry of a run of equal keys sums the run in order and adds it to its
+// pixel; every other thread returns. Each pixel belongs to one run, so no two threads write the
+// same element, and the sum order is fixed by the stable sort.
+template <typename T>
+struct GatherInputGrad {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T *offsets, *mask, *dcol;
+  const uint64_t* keys;    // sorted
+  const uint32_t* values;  // entry ids in key order
+  A* acc;
+  int64_t p0, P, entries;
+  uint64_t sentinel;
+
+  TF_DCN_HD void operator()(int64_t t) const {
+    const int64_t c_in = t % s.Cdg, first = t / s.Cdg;
+    const uint64_t key = keys[first];
+    if (key == sentinel || (first > 0 && keys[first - 1] == key)) return;
+    const int64_t g = static_cast<int64_t>(key % static_cast<uint64_t>(s.DG));
+    const int64_t c = g * s.Cdg + c_in;
+    A sum = A(0);
+    for (int64_t j = first; j < entries && keys[j] == key; ++j) {
+      const int64_t e = values[j];
+      const int q = static_cast<int>(e % 4);
+      const int64_t gk = (e / 4) % (s.DG * s.K), pp = e / (4 * s.DG * s.K);
+      const int64_t p = p0 + pp, k = gk % s.K;
+      const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
+      A share = smp.weight[q] * A(dcol[ColIndex(s, P, pp, k, c)]);
+      if (mask) share *= A(mask[p * s.DG * s.K + gk]);
+      sum += share;
+    }
+    const int64_t image_pixel = static_cast<int64_t>(key / static_cast<uint64_t>(s.DG));
+    acc[image_pixel * s.C + c] += sum;
+  }
+};
+
+// d bias, step 1: partial[b][o] = sum of grad_out rows [b*R, (b+1)*R) in order.
+template <typename T>
+struct BiasPartials {
+  using A = typename AccumulatorType<T>::type;
+  const T* grad_output;
+  A* partial;
+  int64_t total, Cout;
+  TF_DCN_HD void operator()(int64_t i) const {
+    const int64_t o = i % Cout, b = i / Cout;
+    const int64_t end = (b + 1) * kBiasRowsPerBlock < total ? (b + 1) * kBiasRowsPerBlock : total;
+    A sum = A(0);
+    for (int64_t r = b * kBiasRowsPerBlock; r < end; ++r) sum += A(grad_output[r * Cout + o]);
+    partial[i] = sum;
+  }
+};
+
+// d bias, step 2: grad_bias[o] = sum over blocks in order.
+template <typename T>
+struct BiasReduce {
+  using A = typename AccumulatorType<T>::type;
+  const A* partial;
+  T* grad_bias;
+  int64_t blocks, Cout;
+  TF_DCN_HD void operator()(int64_t o) const {
+    A sum = A(0);
+    for (int64_t b = 0; b < blocks; ++b) sum += partial[b * Cout + o];
+    grad_bias[o] = T(sum);
+  }
+};
+
+template <typename T, typename A>
+struct AddInto {  // acc[e] += A(part[e])
+  const T* part;
+  A* acc;
+  TF_DCN_HD void operator()(int64_t e) const { acc[e] += A(part[e]); }
+};
+
+template <typename T, typename A>
+struct CastTo {  // out[e] = T(acc[e])
+  const A* acc;
+  T* out;
+  TF_DCN_HD void operator()(int64_t e) const { out[e] = T(acc[e]); }
+};
+
+// Output pixels per chunk: the column buffers (col, plus dcol when `backward`) within the budget,
+// and the deterministic path's entry ids within uint32.
+inline int64_t ChunkPixels(const Shape& s, int64_t elem_bytes, bool backward, int64_t max_chunk) {
+  const int64_t per_pixel = s.K * s.C * elem_bytes * (backward ? 2 : 1);
+  int64_t P = kColumnBudgetBytes / (per_pixel > 0 ? per_pixel : 1);
+  const int64_t max_entries = int64_t(1) << 31;
+  if (P * 4 * s.DG * s.K > max_entries) P = max_entries / (4 * s.DG * s.K);
+  if (max_chunk > 0 && P > max_chunk) P = max_chunk;
+  if (P < 1) P = 1;
+  if (P > s.total) P = s.total;
+  return P;
+}
+
+// Pieces of the workspace. Built twice: once with base == nullptr to measure, once to carve.
+template <typename T>
+struct Workspace {
+  using A = typename AccumulatorType<T>::type;
+  T *col = nullptr, *dcol = nullptr, *kernel_part = nullptr;
+  A *input_acc = nullptr, *kernel_acc = nullptr, *bias_part = nullptr;
+  uint64_t *keys_in = nullptr, *keys_out = nullptr;
+  uint32_t *values_in = nullptr, *values_out = nullptr;
+  void* sort_temp = nullptr;
+  int64_t sort_temp_bytes = 0, bytes = 0, P = 0, entries = 0, bias_blocks = 0;
+  int key_bits = 1;
+  uint64_t sentinel = 0;
+
+  template <typename Exec>
+  int Layout(Exec& exec, const Shape& s, bool backward, const GpuLaunch& launch, void* base) {
+    constexpr bool kHalfType = !std::is_same<T, A>::value;
+    const bool deterministic = launch.deterministic;
+    P = ChunkPixels(s, sizeof(T), backward, launch.max_chunk);
+    WorkspaceCarver carve(base);
+    col = carve.Take<T>(P * s.K * s.C);
+    if (backward) {
+      dcol = carve.Take<T>(P * s.K * s.C);
+      const int64_t kernel_size = s.K * s.Cg * s.Cout;
+      if (kHalfType) {
+        input_acc = carve.Take<A>(s.N * s.H * s.W * s.C);
+        kernel_part = carve.Take<T>(kernel_size);
+        kernel_acc = carve.Take<A>(kernel_size);
+      }
+      bias_blocks = (s.total + kBiasRowsPerBlock - 1) / kBiasRowsPerBlock;
+      bias_part = carve.Take<A>(bias_blocks * s.Cout);
+      if (deterministic) {
+        entries = P * s.DG * s.K * 4;
+        sentinel = static_cast<uint64_t>(s.N * s.H * s.W * s.DG);
+        key_bits = KeyBits(sentinel);
+        keys_in = carve.Take<uint64_t>(entries);
+        keys_out = carve.Take<uint64_t>(entries);
+        values_in = carve.Take<uint32_t>(entries);
+        values_out = carve.Take<uint32_t>(entries);
+        if (const int e = exec.SortPairsTempBytes(entries, key_bits, &sort_temp_bytes)) return e;
+        sort_temp = carve.Take<char>(sort_temp_bytes);
+      }
+    }
+    bytes = carve.bytes();
+    return kGpuOk;
+  }
+};
+
+inline int RunGemm(const GpuLaunch& launch, const GemmCall& call) {
+  if (!launch.gemm) return kGpuNoGemm;
+  return launch.gemm(launch.gemm_context, call) == 0 ? kGpuOk : kGpuGemmFailed;
+}
+
+#define TF_DCN_GPU_TRY(expr)             \
+  do {                                   \
+    if (const int e_ = (expr)) return e_; \
+  } while (0)
+
+template <typename Exec, typename T>
+int WorkspaceBytes(const DeformConv2DDims& d, const GpuLaunch& launch, bool backward,
+                   int64_t* bytes) {
+  Exec exec(launch);
+  Workspace<T> ws;
+  TF_DCN_GPU_TRY(ws.Layout(exec, Shape(d), backward, launch, nullptr));
+  *bytes = ws.bytes;
+  return kGpuOk;
+}
+
+// `type` is passed down because the GEMM needs it and half/bfloat16 share sizeof.
+template <typename Exec, typename T>
+int Forward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch,
+            const DeformConv2DForwardArgs& a, void* workspace, int64_t workspace_bytes) {
+  const Shape s(d);
+  if (s.total == 0 || s.Cout == 0) return kGpuOk;
+  Exec exec(launch);
+  Workspace<T> ws;
+  TF_DCN_GPU_TRY(ws.Layout(exec, s, false, launch, workspace));
+  if (ws.bytes > workspace_bytes) return kGpuWorkspaceTooSmall;
+  const T* input = static_cast<const T*>(a.input);
+  const T* offsets = static_cast<const T*>(a.offsets);
+  const T* mask = static_cast<const T*>(a.mask);
+  const T* kernel = static_cast<const T*>(a.kernel);
+  const T* bias = static_cast<const T*>(a.bias);
+  T* output = static_cast<T*>(a.output);
+  const int64_t KCg = s.K * s.Cg;
+  for (int64_t p0 = 0; p0 < s.total; p0 += ws.P) {
+    const int64_t P = s.total - p0 < ws.P ? s.total - p0 : ws.P;
+    T* out = output + p0 * s.Cout;
+    TF_DCN_GPU_TRY(exec.ForEach(P * s.K * s.C, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
+    if (bias) TF_DCN_GPU_TRY(exec.ForEach(P * s.Cout, FillBias<T>{bias, out, s.Cout}));
+    GemmCall g{type,  false,     false,  s.Coutg, P,      KCg,           kernel, s.Cout,
+               s.Coutg, ws.col, KCg,   P * KCg, out,    s.Cout, s.Coutg, s.groups,
+               1.0,   bias ? 1.0 : 0.0};
+    TF_DCN_GPU_TRY(RunGemm(launch, g));
+  }
+  return kGpuOk;
+}
+
+// The two matrix products of one backward chunk: dcol from grad_out, and the kernel gradient
+// (accumulated into grad_kernel, or written to the workspace's kernel_part for half types).
+template <typename T>
+int ChunkKernelGemms(ElementType type, const Shape& s, const GpuLaunch& launch, const T* gout,
+                     const T* kernel, T* grad_kernel, const Workspace<T>& ws, int64_t P) {
+  using A = typename AccumulatorType<T>::type;
+  constexpr bool kHalfType = !std::is_same<T, A>::value;
+  const int64_t KCg = s.K * s.Cg;
+  // dcol^T (KCg x P) = W_grp (KCg x Coutg) * G^T (Coutg x P)
+  GemmCall gd{type,    true,    false, KCg,     P,       s.Coutg, kernel,  s.Cout,
+                s.Coutg, gout,    s.Cout, s.Coutg, ws.dcol, KCg,     P * KCg, s.groups,
+                1.0,     0.0};
+  TF_DCN_GPU_TRY(RunGemm(launch, gd));
+  // dW^T (Coutg x KCg) += G^T (Coutg x P) * col (P x KCg)
+  GemmCall gw{type,   false,   true,     s.Coutg, KCg,  P,
+                gout,   s.Cout,  s.Coutg,  ws.col,  KCg,  P * KCg,
+                kHalfType ? static_cast<void*>(ws.kernel_part) : static_cast<void*>(grad_kernel),
+                s.Cout, s.Coutg, s.groups, 1.0,     kHalfType ? 0.0 : 1.0};
+  TF_DCN_GPU_TRY(RunGemm(launch, gw));
+  return kGpuOk;
+}
+
+template <typename Exec, typename T>
+int Backward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch,
+             const DeformConv2DBackwardArgs& a, void* workspace, int64_t workspace_bytes) {
+  using A = typename AccumulatorType<T>::type;
+  constexpr bool kHalfType = !std::is_same<T, A>::value;
+  const Shape s(d);
+  Exec exec(launch);
+  Workspace<T> ws;
+  TF_DCN_GPU_TRY(ws.Layout(exec, s, true, launch, workspace));
+  if (ws.bytes > workspace_bytes) return kGpuWorkspaceTooSmall;
+  const T* input = static_cast<const T*>(a.input);
+  const T* offsets = static_cast<const T*>(a.offsets);
+  const T* mask = static_cast<const T*>(a.mask);
+  const T* kernel = static_cast<const T*>(a.kernel);
+  const T* grad_output = static_cast<const T*>(a.grad_output);
+  T* grad_input = static_cast<T*>(a.grad_input);
+  T* grad_kernel = static_cast<T*>(a.grad_kernel);
+  T* grad_bias = static_cast<T*>(a.grad_bias);
+  const int64_t input_size = s.N * s.H * s.W * s.C, kernel_size = s.K * s.Cg * s.Cout;
+
+  A* input_acc = kHalfType ? ws.input_acc : reinterpret_cast<A*>(grad_input);
+  A* kernel_acc = kHalfType ? ws.kernel_acc : reinterpret_cast<A*>(grad_kernel);
+  TF_DCN_GPU_TRY(exec.Zero(input_acc, input_size * int64_t(sizeof(A))));
+  TF_DCN_GPU_TRY(exec.Zero(kernel_acc, kernel_size * int64_t(sizeof(A))));
+
+  if (grad_bias) {
+    if (s.total == 0) {
+      TF_DCN_GPU_TRY(exec.Zero(grad_bias, s.Cout * int64_t(sizeof(T))));
+    } else {
+      TF_DCN_GPU_TRY(exec.ForEach(ws.bias_blocks * s.Cout,
+                                  BiasPartials<T>{grad_output, ws.bias_part, s.total, s.Cout}));
+      TF_DCN_GPU_TRY(
+          exec.ForEach(s.Cout, BiasReduce<T>{ws.bias_part, grad_bias, ws.bias_blocks, s.Cout}));
+    }
+  }
+
+  for (int64_t p0 = 0; p0 < s.total; p0 += ws.P) {
+    const int64_t P = s.total - p0 < ws.P ? s.total - p0 : ws.P;
+    const T* gout = grad_output + p0 * s.Cout;
+    const int64_t samples = P * s.DG * s.K, elements = P * s.K * s.C;
+    if (s.Cout == 0) {  // no output channels: the column gradient is zero
+      TF_DCN_GPU_TRY(exec.Zero(ws.dcol, elements * int64_t(sizeof(T))));
+    } else {
+      TF_DCN_GPU_TRY(exec.ForEach(elements, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
+      TF_DCN_GPU_TRY(ChunkKernelGemms<T>(type, s, launch, gout, kernel, grad_kernel, ws, P));
+    }
+    if (kHalfType && s.Cout > 0) {
+      TF_DCN_GPU_TRY(exec.ForEach(kernel_size, AddInto<T, A>{ws.kernel_part, kernel_acc}));
+    }
+    TF_DCN_GPU_TRY(exec.ForEach(
+        samples, OffsetMaskGrad<T>{s, input, offsets, mask, ws.dcol,
+                                   static_cast<T*>(a.grad_offsets), static_cast<T*>(a.grad_mask),
+                                   p0, P}));
+    if (!launch.deterministic) {
+      TF_DCN_GPU_TRY(
+          exec.ForEach(elements, ScatterInputGrad<T>{s, offsets, mask, ws.dcol, input_acc, p0, P}));
+      continue;
+    }
+    const int64_t entries = samples * 4;
+    TF_DCN_GPU_TRY(exec.ForEach(entries, InputGradKeys<T>{s, offsets, ws.keys_in, ws.values_in,
+                                                          p0, ws.sentinel}));
+    TF_DCN_GPU_TRY(exec.SortPairs(ws.sort_temp, ws.sort_temp_bytes, ws.keys_in, ws.keys_out,
+                                  ws.values_in, ws.values_out, entries, ws.key_bits));
+    TF_DCN_GPU_TRY(exec.ForEach(
+        entries * s.Cdg, GatherInputGrad<T>{s, offsets, mask, ws.dcol, ws.keys_out, ws.values_out,
+                                            input_acc, p0, P, entries, ws.sentinel}));
+  }
+  if (kHalfType) {
+    TF_DCN_GPU_TRY(exec.ForEach(input_size, CastTo<T, A>{input_acc, grad_input}));
+    TF_DCN_GPU_TRY(exec.ForEach(kernel_size, CastTo<T, A>{kernel_acc, grad_kernel}));
+  }
+  return kGpuOk;
+}
+
+}  // namespace conv_gpu
+}  // namespace tf_dcn
+
+#endif  // TF_DCN_CC_KERNELS_DEFORM_CONV2D_LAUNCH_H_

@@ -1,0 +1,37 @@
+// Element types and raw-pointer argument bundles shared by the CPU kernels (g++), the CUDA
+// launchers (nvcc) and the framework-free C APIs. Plain C++: no TensorFlow, Eigen or CUDA headers.
+#ifndef TF_DCN_CC_KERNELS_KERNEL_ARGS_H_
+#define TF_DCN_CC_KERNELS_KERNEL_ARGS_H_
+
+namespace tf_dcn {
+
+// Element type of every floating-point tensor of one op call.
+enum class ElementType { kHalf, kBFloat16, kFloat, kDouble };
+
+// Deformable convolution, NHWC (semantics.md section 1). Pointers are host memory for the CPU
+// kernels and device memory for the CUDA launchers.
+struct DeformConv2DForwardArgs {
+  const void* input;    // [N, H, W, C]
+  const void* offsets;  // [N, Ho, Wo, 2*DG*kh*kw], dy before dx
+  const void* mask;     // [N, Ho, Wo, DG*kh*kw]; nullptr without a mask (v1)
+  const void* kernel;   // [kh, kw, C/groups, Cout]
+  const void* bias;     // [Cout]; nullptr without a bias
+  void* output;         // [N, Ho, Wo, Cout]
+};
+
+struct DeformConv2DBackwardArgs {
+  const void* input;
+  const void* offsets;
+  const void* mask;
+  const void* kernel;
+  const void* grad_output;  // [N, Ho, Wo, Cout]
+  void* grad_input;
+  void* grad_offsets;
+  void* grad_mask;  // nullptr without a mask
+  void* grad_kernel;
+  void* grad_bias;  // nullptr without a bias
+};
+
+}  // namespace tf_dcn
+
+#endif  // TF_DCN_CC_KERNELS_KERNEL_ARGS_H_

@@ -1,0 +1,45 @@
+/* Framework-free C API over tf-dcn's GPU launchers, for testing them without TensorFlow.
+ *
+ * Built two ways from capi.cc:
+ *   - on a GPU machine by tests/gpu/run.sh (nvcc): the CUDA launchers of cc/kernels (.cu files), device
+ *     pointers, a cudaStream_t, cuBLAS for the matrix products; driven by check_gpu.py against
+ *     torchvision on CUDA;
+ *   - everywhere by `make build` (g++, TF_DCN_CAPI_EMULATION): the *same launcher code* run by
+ *     the host executor with host pointers and a plain-loop GEMM; driven by
+ *     tests/test_gpu_emulation.py against the NumPy references.
+ *
+ * type: 0 float16, 1 bfloat16, 2 float32, 3 float64 (tf_dcn::ElementType).
+ * conv dims (19 int64): N, H, W, C, Ho, Wo, Cout, kh, kw, stride_h, stride_w, dilation_h,
+ *   dilation_w, pad_top, pad_left, groups, deformable_groups, use_mask, use_bias.
+ * Every function returns 0 or an error code; tfdcn_error_string explains it.
+ */
+#ifndef TF_DCN_TESTS_GPU_CAPI_H_
+#define TF_DCN_TESTS_GPU_CAPI_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+const char* tfdcn_error_string(int code);
+/* 1 for the CUDA build, 0 for the host emulation. */
+int tfdcn_on_device(void);
+
+int tfdcn_conv_workspace_bytes(int type, const int64_t* dims, int deterministic, int backward,
+                               int64_t* bytes);
+int tfdcn_conv_forward(int type, const int64_t* dims, int deterministic, void* stream,
+                       const void* input, const void* offsets, const void* mask,
+                       const void* kernel, const void* bias, void* output, void* workspace,
+                       int64_t workspace_bytes);
+int tfdcn_conv_backward(int type, const int64_t* dims, int deterministic, void* stream,
+                        const void* input, const void* offsets, const void* mask,
+                        const void* kernel, const void* grad_output, void* grad_input,
+                        void* grad_offsets, void* grad_mask, void* grad_kernel, void* grad_bias,
+                        void* workspace, int64_t workspace_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TF_DCN_TESTS_GPU_CAPI_H_ */
