@@ -84,7 +84,7 @@ $(OPS_LIB): $(OBJS)
 # with TF_DCN_WITH_CUDA, which adds the DEVICE_GPU registrations and the GPU functors
 # (cc/kernels/gpu/). The CUDA 13 runtime is linked statically and hidden, before TensorFlow's
 # libraries (see shared/notes/gpu-build.md), so the library depends only on libtensorflow_framework.
-NVCC       ?= $(shell command -v nvcc 2>/dev/null)
+NVCC       ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA       ?= $(if $(NVCC),1,0)
 CUDA_HOME  ?= $(if $(NVCC),$(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ TOP=//p'))
 CUDA_HOME  := $(CUDA_HOME)

@@ -8,7 +8,7 @@ through ``load_ops()``).
 """
 
 from tf_dcn import applications, composite, convert, layers
-from tf_dcn._loader import load_ops
+from tf_dcn._loader import load_ops, loaded_library
 from tf_dcn.deform_conv import deform_conv2d
 from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
 from tf_dcn.export import export_portable, use_implementation
@@ -16,5 +16,5 @@ from tf_dcn.export import export_portable, use_implementation
 __version__ = "0.1.0"
 
 __all__ = ["applications", "composite", "convert", "deform_conv2d", "deform_psroi_pool",
-           "deform_roi_pool", "export_portable", "layers", "load_ops", "use_implementation",
-           "__version__"]
+           "deform_roi_pool", "export_portable", "layers", "load_ops", "loaded_library",
+           "use_implementation", "__version__"]

@@ -1,0 +1,144 @@
+"""The CUDA op library (tf_dcn/_tf_dcn_ops_cuda.so) and the choice between the two libraries.
+
+CI compiles the CUDA library with nvcc (``TF_DCN_REQUIRE_CUDA_BUILD=1`` in .ci/run makes its absence
+a failure) but has no GPU: these tests check that it was built, depends only on TensorFlow's
+framework library and the C/C++ runtimes (the CUDA 13 runtime is linked in statically), registers
+every op for both CPU and GPU, and computes the CPU kernels exactly like the CPU library when
+forced with ``TF_DCN_OPS=cuda``. The GPU kernels themselves are checked by the host emulation
+(test_gpu_emulation_*.py) and, on a GPU machine, by tests/gpu/run.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tf_dcn import _loader
+
+REPO = Path(__file__).resolve().parent.parent
+CUDA_LIBRARY = Path(_loader.CUDA_LIBRARY)
+OPS = ["TfDcn>DeformableConv2D", "TfDcn>DeformableConv2DGrad", "TfDcn>DeformablePSRoIPool",
+       "TfDcn>DeformablePSRoIPoolGrad"]
+
+_required = os.environ.get("TF_DCN_REQUIRE_CUDA_BUILD") == "1"
+needs_cuda_library = pytest.mark.skipif(
+    not CUDA_LIBRARY.exists() and not _required and shutil.which("nvcc") is None,
+    reason="no nvcc on this machine, so no CUDA library was built",
+)
+
+
+def _run_python(code: str, **env: str) -> str:
+    environ = dict(os.environ, **env)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environ,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+@needs_cuda_library
+def test_cuda_library_was_built():
+    assert CUDA_LIBRARY.exists(), "nvcc is available but `make build` did not build the CUDA library"
+
+
+@needs_cuda_library
+def test_cuda_library_depends_only_on_tensorflow_and_the_c_runtimes():
+    out = subprocess.run(["readelf", "-d", str(CUDA_LIBRARY)], capture_output=True, text=True,
+                         check=True).stdout
+    needed = sorted(line.split("[")[1].rstrip("]") for line in out.splitlines()
+                    if "(NEEDED)" in line)
+    allowed = {"libtensorflow_framework.so.2", "libstdc++.so.6", "libm.so.6", "libgcc_s.so.1",
+               "libc.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "ld-linux-x86-64.so.2"}
+    assert set(needed) <= allowed, needed
+    # The static CUDA runtime is hidden: no cuda* symbol is exported to clash with TensorFlow's.
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(CUDA_LIBRARY)],
+                             capture_output=True, text=True, check=True).stdout
+    exported = [line.split()[-1] for line in symbols.splitlines() if line.strip()]
+    assert not [s for s in exported if s.startswith("cuda")]
+
+
+@needs_cuda_library
+def test_cuda_library_registers_cpu_and_gpu_kernels():
+    code = (
+        "import json, tensorflow as tf\n"
+        "from tensorflow.python.framework import kernels\n"
+        f"tf.load_op_library({str(CUDA_LIBRARY)!r})\n"
+        f"ops = {OPS!r}\n"
+        "print(json.dumps({op: sorted({(k.device_type, str(k.constraint[0].allowed_values.list.type))"
+        " for k in kernels.get_registered_kernels_for_op(op).kernel}) for op in ops}))\n"
+    )
+    registered = json.loads(_run_python(code))
+    for op, entries in registered.items():
+        devices = {device for device, _ in entries}
+        assert devices == {"CPU", "GPU"}, (op, entries)
+        gpu_types = [types for device, types in entries if device == "GPU"]
+        cpu_types = [types for device, types in entries if device == "CPU"]
+        assert sorted(gpu_types) == sorted(cpu_types), op  # same type combinations
+
+
+def test_cpu_library_registers_cpu_kernels_only():
+    code = (
+        "import json, tensorflow as tf\n"
+        "from tensorflow.python.framework import kernels\n"
+        f"tf.load_op_library({_loader.CPU_LIBRARY!r})\n"
+        f"ops = {OPS!r}\n"
+        "print(json.dumps({op: sorted({k.device_type for k in "
+        "kernels.get_registered_kernels_for_op(op).kernel}) for op in ops}))\n"
+    )
+    assert all(devices == ["CPU"] for devices in json.loads(_run_python(code)).values())
+
+
+@needs_cuda_library
+def test_forced_cuda_library_computes_like_the_cpu_library():
+    code = (
+        "import numpy as np, tensorflow as tf, tf_dcn\n"
+        "from tf_dcn import _loader\n"
+        "rng = np.random.default_rng(3)\n"
+        "x = rng.normal(size=(2, 7, 6, 4)); k = rng.normal(size=(3, 3, 2, 6))\n"
+        "off = rng.uniform(-2, 2, size=(2, 7, 6, 36)); m = rng.uniform(size=(2, 7, 6, 18))\n"
+        "xs = tf.constant(x)\n"
+        "with tf.GradientTape() as tape:\n"
+        "    tape.watch(xs)\n"
+        "    y = tf_dcn.deform_conv2d(xs, off, k, mask=m, padding='same', groups=2,"
+        " deformable_groups=2)\n"
+        "    loss = tf.reduce_sum(y * y)\n"
+        "g = tape.gradient(loss, xs)\n"
+        "feat = rng.normal(size=(1, 9, 9, 18)); rois = np.array([[0, 1, 1, 6, 7]], np.float32)\n"
+        "p = tf_dcn.deform_psroi_pool(feat, rois, output_dim=2, group_size=3, pooled_size=3)\n"
+        "print(_loader.loaded_library(), float(np.sum(y)), float(np.sum(g)), float(np.sum(p)))\n"
+    )
+    forced = _run_python(code, TF_DCN_OPS="cuda").split()
+    cpu = _run_python(code, TF_DCN_OPS="cpu").split()
+    assert forced[0] == str(CUDA_LIBRARY) and cpu[0] == _loader.CPU_LIBRARY
+    assert forced[1:] == cpu[1:]  # same CPU kernels: bitwise equal sums
+
+
+def test_library_choice(monkeypatch, tmp_path):
+    cuda = tmp_path / "_tf_dcn_ops_cuda.so"
+    monkeypatch.setattr(_loader, "CUDA_LIBRARY", str(cuda))
+    monkeypatch.setattr(_loader.tf.test, "is_built_with_cuda", lambda: True)
+    monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 13000)
+    monkeypatch.delenv("TF_DCN_OPS", raising=False)
+    assert _loader.choose_library() == _loader.CPU_LIBRARY  # not built
+    with pytest.raises(FileNotFoundError, match="make gpu"):
+        monkeypatch.setenv("TF_DCN_OPS", "cuda")
+        _loader.choose_library()
+    cuda.write_bytes(b"")
+    assert _loader.choose_library() == str(cuda)
+    monkeypatch.setenv("TF_DCN_OPS", "cpu")
+    assert _loader.choose_library() == _loader.CPU_LIBRARY
+    monkeypatch.delenv("TF_DCN_OPS")
+    assert _loader.choose_library() == str(cuda)
+    monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 12080)  # a CUDA 12.8 driver
+    assert _loader.choose_library() == _loader.CPU_LIBRARY
+    monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 13000)
+    monkeypatch.setattr(_loader.tf.test, "is_built_with_cuda", lambda: False)  # tensorflow-cpu
+    assert _loader.choose_library() == _loader.CPU_LIBRARY
+    monkeypatch.setenv("TF_DCN_OPS", "gpu")
+    with pytest.raises(ValueError, match="TF_DCN_OPS"):
+        _loader.choose_library()
