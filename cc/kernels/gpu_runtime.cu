@@ -19,6 +19,10 @@ const char* GpuErrorString(int code) {
     case kCudaErrorInsufficientDriver:
       return "the NVIDIA driver is older than the CUDA 13 runtime of tf-dcn's CUDA library "
              "(a CUDA 13 capable driver, r580 or newer, is required; or set TF_DCN_OPS=cpu)";
+    case cudaErrorNoKernelImageForDevice:
+      return "no kernel image for this GPU: tf-dcn's CUDA library is built for sm_75 to sm_90 "
+             "(plus compute_90 PTX); rebuild with `make gpu CUDA_ARCHS=...` for this GPU, or set "
+             "TF_DCN_OPS=cpu";
     default:
       return cudaGetErrorString(static_cast<cudaError_t>(code));
   }
