@@ -22,18 +22,19 @@ struct CudaExec {
   static constexpr bool kOnDevice = true;
   static constexpr int kThreads = 256;
 
-  explicit CudaExec(const GpuLaunch& launch)
-      : stream(static_cast<cudaStream_t>(launch.stream)) {}
+  explicit CudaExec(const GpuLaunch& launch) : stream(static_cast<cudaStream_t>(launch.stream)) {}
 
   cudaStream_t stream;
 
   // Blocks for n elements: enough to fill the device (queried, not taken from Eigen/TF helpers,
-  // whose cudaDeviceProp layout differs under CUDA 13), capped so a grid-stride loop covers the rest.
+  // whose cudaDeviceProp layout differs under CUDA 13), capped so a grid-stride loop covers the
+  // rest.
   int Blocks(int64_t n, int* blocks) {
     if (max_blocks_ == 0) {
       int device = 0, sms = 0;
       cudaError_t e = cudaGetDevice(&device);
-      if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
       if (e != cudaSuccess) return e;
       max_blocks_ = (sms > 0 ? sms : 1) * 16;
     }
@@ -67,13 +68,13 @@ struct CudaExec {
                 const uint32_t* values_in, uint32_t* values_out, int64_t n, int end_bit) {
     if (n <= 0) return kGpuOk;
     size_t size = static_cast<size_t>(temp_bytes);
-    return cub::DeviceRadixSort::SortPairs(temp, size, keys_in, keys_out, values_in, values_out,
-                                           n, 0, end_bit, stream);
+    return cub::DeviceRadixSort::SortPairs(temp, size, keys_in, keys_out, values_in, values_out, n,
+                                           0, end_bit, stream);
   }
   int CopyToHost(void* host, const void* device, int64_t bytes) {
     if (bytes <= 0) return kGpuOk;
-    cudaError_t e = cudaMemcpyAsync(host, device, static_cast<size_t>(bytes),
-                                    cudaMemcpyDeviceToHost, stream);
+    cudaError_t e =
+        cudaMemcpyAsync(host, device, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
     return e;
   }

@@ -42,11 +42,27 @@ struct Shape {
   int64_t total;  // N * Ho * Wo
 
   explicit Shape(const DeformConv2DDims& d)
-      : N(d.batch), H(d.in_h), W(d.in_w), C(d.in_c), Ho(d.out_h), Wo(d.out_w), Cout(d.out_c),
-        K(d.taps()), kw(d.kernel_w), DG(d.deformable_groups), Cg(d.in_c_per_group()),
-        Cdg(d.in_c_per_dgroup()), Coutg(d.out_c_per_group()), groups(d.groups),
-        sh(d.stride_h), sw(d.stride_w), dh(d.dilation_h), dw(d.dilation_w), pad_top(d.pad_top),
-        pad_left(d.pad_left), total(d.out_pixels()) {}
+      : N(d.batch),
+        H(d.in_h),
+        W(d.in_w),
+        C(d.in_c),
+        Ho(d.out_h),
+        Wo(d.out_w),
+        Cout(d.out_c),
+        K(d.taps()),
+        kw(d.kernel_w),
+        DG(d.deformable_groups),
+        Cg(d.in_c_per_group()),
+        Cdg(d.in_c_per_dgroup()),
+        Coutg(d.out_c_per_group()),
+        groups(d.groups),
+        sh(d.stride_h),
+        sw(d.stride_w),
+        dh(d.dilation_h),
+        dw(d.dilation_w),
+        pad_top(d.pad_top),
+        pad_left(d.pad_left),
+        total(d.out_pixels()) {}
 };
 
 // The bilinear sample of tap gk (= g*K + k) of output pixel p.
@@ -345,8 +361,8 @@ inline int RunGemm(const GpuLaunch& launch, const GemmCall& call) {
   return launch.gemm(launch.gemm_context, call) == 0 ? kGpuOk : kGpuGemmFailed;
 }
 
-#define TF_DCN_GPU_TRY(expr)             \
-  do {                                   \
+#define TF_DCN_GPU_TRY(expr)              \
+  do {                                    \
     if (const int e_ = (expr)) return e_; \
   } while (0)
 
@@ -382,9 +398,9 @@ int Forward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch
     T* out = output + p0 * s.Cout;
     TF_DCN_GPU_TRY(exec.ForEach(P * s.K * s.C, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
     if (bias) TF_DCN_GPU_TRY(exec.ForEach(P * s.Cout, FillBias<T>{bias, out, s.Cout}));
-    GemmCall g{type,  false,     false,  s.Coutg, P,      KCg,           kernel, s.Cout,
-               s.Coutg, ws.col, KCg,   P * KCg, out,    s.Cout, s.Coutg, s.groups,
-               1.0,   bias ? 1.0 : 0.0};
+    GemmCall g{type,   false,  false,   s.Coutg,  P,   KCg,
+               kernel, s.Cout, s.Coutg, ws.col,   KCg, P * KCg,
+               out,    s.Cout, s.Coutg, s.groups, 1.0, bias ? 1.0 : 0.0};
     TF_DCN_GPU_TRY(RunGemm(launch, g));
   }
   return kGpuOk;
@@ -399,15 +415,28 @@ int ChunkKernelGemms(ElementType type, const Shape& s, const GpuLaunch& launch, 
   constexpr bool kHalfType = !std::is_same<T, A>::value;
   const int64_t KCg = s.K * s.Cg;
   // dcol^T (KCg x P) = W_grp (KCg x Coutg) * G^T (Coutg x P)
-  GemmCall gd{type,    true,    false, KCg,     P,       s.Coutg, kernel,  s.Cout,
-                s.Coutg, gout,    s.Cout, s.Coutg, ws.dcol, KCg,     P * KCg, s.groups,
-                1.0,     0.0};
+  GemmCall gd{type, true,   false,   KCg,     P,   s.Coutg, kernel,   s.Cout, s.Coutg,
+              gout, s.Cout, s.Coutg, ws.dcol, KCg, P * KCg, s.groups, 1.0,    0.0};
   TF_DCN_GPU_TRY(RunGemm(launch, gd));
   // dW^T (Coutg x KCg) += G^T (Coutg x P) * col (P x KCg)
-  GemmCall gw{type,   false,   true,     s.Coutg, KCg,  P,
-                gout,   s.Cout,  s.Coutg,  ws.col,  KCg,  P * KCg,
-                kHalfType ? static_cast<void*>(ws.kernel_part) : static_cast<void*>(grad_kernel),
-                s.Cout, s.Coutg, s.groups, 1.0,     kHalfType ? 0.0 : 1.0};
+  GemmCall gw{type,
+              false,
+              true,
+              s.Coutg,
+              KCg,
+              P,
+              gout,
+              s.Cout,
+              s.Coutg,
+              ws.col,
+              KCg,
+              P * KCg,
+              kHalfType ? static_cast<void*>(ws.kernel_part) : static_cast<void*>(grad_kernel),
+              s.Cout,
+              s.Coutg,
+              s.groups,
+              1.0,
+              kHalfType ? 0.0 : 1.0};
   TF_DCN_GPU_TRY(RunGemm(launch, gw));
   return kGpuOk;
 }
@@ -461,18 +490,17 @@ int Backward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launc
     if (kHalfType && s.Cout > 0) {
       TF_DCN_GPU_TRY(exec.ForEach(kernel_size, AddInto<T, A>{ws.kernel_part, kernel_acc}));
     }
-    TF_DCN_GPU_TRY(exec.ForEach(
-        samples, OffsetMaskGrad<T>{s, input, offsets, mask, ws.dcol,
-                                   static_cast<T*>(a.grad_offsets), static_cast<T*>(a.grad_mask),
-                                   p0, P}));
+    TF_DCN_GPU_TRY(exec.ForEach(samples, OffsetMaskGrad<T>{s, input, offsets, mask, ws.dcol,
+                                                           static_cast<T*>(a.grad_offsets),
+                                                           static_cast<T*>(a.grad_mask), p0, P}));
     if (!launch.deterministic) {
       TF_DCN_GPU_TRY(
           exec.ForEach(elements, ScatterInputGrad<T>{s, offsets, mask, ws.dcol, input_acc, p0, P}));
       continue;
     }
     const int64_t entries = samples * 4;
-    TF_DCN_GPU_TRY(exec.ForEach(entries, InputGradKeys<T>{s, offsets, ws.keys_in, ws.values_in,
-                                                          p0, ws.sentinel}));
+    TF_DCN_GPU_TRY(exec.ForEach(
+        entries, InputGradKeys<T>{s, offsets, ws.keys_in, ws.values_in, p0, ws.sentinel}));
     TF_DCN_GPU_TRY(exec.SortPairs(ws.sort_temp, ws.sort_temp_bytes, ws.keys_in, ws.keys_out,
                                   ws.values_in, ws.values_out, entries, ws.key_bits));
     TF_DCN_GPU_TRY(exec.ForEach(

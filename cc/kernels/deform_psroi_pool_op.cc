@@ -1,9 +1,10 @@
 // OpKernels of TfDcn>DeformablePSRoIPool and its gradient: attribute parsing, input validation and
 // output allocation, shared by every device. The maths is in the device functors
-// (deform_psroi_pool_cpu.cc).
+// (deform_psroi_pool_cpu.cc; cc/kernels/gpu/deform_psroi_pool_gpu_functor.cc in the CUDA library).
 //
-// The batch indices of `rois` are validated here by reading the tensor, so a registration on
-// another device must keep `rois` in host memory (or validate them on the device).
+// The batch indices of `rois` are validated here by reading the tensor on the host: on the GPU,
+// `rois` stays in device memory (the kernels read it there) and a host copy of it is validated
+// (ValidateRois), so the error messages are the same on every device.
 #define EIGEN_USE_THREADS
 
 #include <cmath>
@@ -19,6 +20,11 @@
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#if TF_DCN_WITH_CUDA
+#include <type_traits>
+
+#include "cc/kernels/gpu/gpu_op_util.h"
+#endif
 
 namespace tf_dcn {
 
@@ -174,6 +180,37 @@ absl::Status ValidateBatchIndices(const Tensor& rois, int64_t batch) {
   return absl::OkStatus();
 }
 
+// ValidateBatchIndices on the device's `rois`: on the GPU, of a host copy made on the op's stream.
+template <typename Device, typename TR>
+absl::Status ValidateRois(OpKernelContext* ctx, const Tensor& rois, int64_t batch,
+                          const char* op_name) {
+#if TF_DCN_WITH_CUDA
+  if constexpr (std::is_same_v<Device, GpuDevice>) {
+    if (rois.NumElements() == 0) return absl::OkStatus();
+    auto* device_context = ctx->op_device_context();
+    if (device_context == nullptr || device_context->stream() == nullptr) {
+      return absl::InternalError("tf-dcn: no GPU stream in the op context");
+    }
+    ::tensorflow::AllocatorAttributes host_attr;
+    host_attr.set_on_host(true);
+    host_attr.set_gpu_compatible(true);
+    Tensor host;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(rois.dtype(), rois.shape(), &host, host_attr));
+    TF_RETURN_IF_ERROR(GpuCodeToStatus(
+        GpuCopyToHostSync(device_context->stream()->platform_specific_handle().stream, host.data(),
+                          rois.data(), static_cast<int64_t>(rois.TotalBytes())),
+        op_name));
+    return ValidateBatchIndices<TR>(host, batch);
+  } else {
+    return ValidateBatchIndices<TR>(rois, batch);
+  }
+#else
+  (void)ctx;
+  (void)op_name;
+  return ValidateBatchIndices<TR>(rois, batch);
+#endif
+}
+
 absl::Status OutputShape(const DeformPSRoIPoolDims& d, TensorShape* shape) {
   return TensorShape::BuildTensorShape({d.num_rois, d.pooled_size, d.pooled_size, d.output_dim},
                                        shape);
@@ -194,7 +231,8 @@ class DeformPSRoIPoolOp : public OpKernel {
     const Tensor& offsets = ctx->input(2);
     DeformPSRoIPoolDims d;
     OP_REQUIRES_OK(ctx, ComputeDeformPSRoIPoolDims(attrs_, features, rois, offsets, &d));
-    OP_REQUIRES_OK(ctx, ValidateBatchIndices<TR>(rois, d.batch));
+    OP_REQUIRES_OK(ctx,
+                   (ValidateRois<Device, TR>(ctx, rois, d.batch, "TfDcn>DeformablePSRoIPool")));
     TensorShape out_shape;
     OP_REQUIRES_OK(ctx, OutputShape(d, &out_shape));
     Tensor* output = nullptr;
@@ -223,7 +261,8 @@ class DeformPSRoIPoolGradOp : public OpKernel {
     const Tensor& grad_output = ctx->input(3);
     DeformPSRoIPoolDims d;
     OP_REQUIRES_OK(ctx, ComputeDeformPSRoIPoolDims(attrs_, features, rois, offsets, &d));
-    OP_REQUIRES_OK(ctx, ValidateBatchIndices<TR>(rois, d.batch));
+    OP_REQUIRES_OK(ctx,
+                   (ValidateRois<Device, TR>(ctx, rois, d.batch, "TfDcn>DeformablePSRoIPoolGrad")));
     TensorShape out_shape;
     OP_REQUIRES_OK(ctx, OutputShape(d, &out_shape));
     OP_REQUIRES(ctx, grad_output.shape() == out_shape,
@@ -266,5 +305,30 @@ TF_DCN_REGISTER_CPU_ALL_ROIS(float)
 TF_DCN_REGISTER_CPU_ALL_ROIS(double)
 #undef TF_DCN_REGISTER_CPU_ALL_ROIS
 #undef TF_DCN_REGISTER_CPU
+
+#if TF_DCN_WITH_CUDA
+// Same kernels on the GPU (CUDA op library only); the functors are in cc/kernels/gpu/. Every
+// input, rois included, is in device memory (ValidateRois copies rois to the host).
+#define TF_DCN_REGISTER_GPU(T, TR)                              \
+  REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPool")     \
+                              .Device(::tensorflow::DEVICE_GPU) \
+                              .TypeConstraint<T>("T")           \
+                              .TypeConstraint<TR>("Troi"),      \
+                          DeformPSRoIPoolOp<GpuDevice, T, TR>); \
+  REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPoolGrad") \
+                              .Device(::tensorflow::DEVICE_GPU) \
+                              .TypeConstraint<T>("T")           \
+                              .TypeConstraint<TR>("Troi"),      \
+                          DeformPSRoIPoolGradOp<GpuDevice, T, TR>);
+#define TF_DCN_REGISTER_GPU_ALL_ROIS(T) \
+  TF_DCN_REGISTER_GPU(T, float)         \
+  TF_DCN_REGISTER_GPU(T, double)
+TF_DCN_REGISTER_GPU_ALL_ROIS(Eigen::half)
+TF_DCN_REGISTER_GPU_ALL_ROIS(Eigen::bfloat16)
+TF_DCN_REGISTER_GPU_ALL_ROIS(float)
+TF_DCN_REGISTER_GPU_ALL_ROIS(double)
+#undef TF_DCN_REGISTER_GPU_ALL_ROIS
+#undef TF_DCN_REGISTER_GPU
+#endif  // TF_DCN_WITH_CUDA
 
 }  // namespace tf_dcn

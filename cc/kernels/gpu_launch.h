@@ -8,9 +8,11 @@
 //       f is a copyable functor whose operator() is TF_DCN_HD.
 //   int Exec::Zero(void* p, int64_t bytes)
 //   int Exec::SortPairsTempBytes(int64_t n, int end_bit, int64_t* bytes)
-//   int Exec::SortPairs(void* temp, int64_t temp_bytes, const uint64_t* keys_in, uint64_t* keys_out,
+//   int Exec::SortPairs(void* temp, int64_t temp_bytes, const uint64_t* keys_in, uint64_t*
+//   keys_out,
 //                       const uint32_t* values_in, uint32_t* values_out, int64_t n, int end_bit)
-//       stable ascending sort on the low end_bit bits of the keys (cub radix sort / std::stable_sort).
+//       stable ascending sort on the low end_bit bits of the keys (cub radix sort /
+//       std::stable_sort).
 //   int Exec::CopyToHost(void* host, const void* device, int64_t bytes)   (synchronous)
 // Every call returns 0 or an error code (below). Exec::kOnDevice tells device from host.
 // Matrix products go through a caller-supplied GemmFn (TensorFlow's BLAS in the op, cuBLAS in
@@ -28,9 +30,9 @@ namespace tf_dcn {
 // Error codes of the launchers: 0, a cudaError_t (> 0), or one of these (< 0).
 enum GpuErrorCode : int {
   kGpuOk = 0,
-  kGpuGemmFailed = -1,        // the GemmFn reported a failure
-  kGpuWorkspaceTooSmall = -2, // the caller passed less workspace than *WorkspaceBytes asked for
-  kGpuNoGemm = -3,            // a matrix product was needed but no GemmFn was given
+  kGpuGemmFailed = -1,         // the GemmFn reported a failure
+  kGpuWorkspaceTooSmall = -2,  // the caller passed less workspace than *WorkspaceBytes asked for
+  kGpuNoGemm = -3,             // a matrix product was needed but no GemmFn was given
 };
 constexpr int kCudaErrorInsufficientDriver = 35;  // cudaErrorInsufficientDriver
 

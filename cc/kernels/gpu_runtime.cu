@@ -42,7 +42,8 @@ int GpuDriverStatus() {
 int GpuCopyToHostSync(void* stream, void* host, const void* device, int64_t bytes) {
   if (bytes <= 0) return 0;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  cudaError_t e = cudaMemcpyAsync(host, device, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, s);
+  cudaError_t e =
+      cudaMemcpyAsync(host, device, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, s);
   if (e == cudaSuccess) e = cudaStreamSynchronize(s);
   return static_cast<int>(e);
 }

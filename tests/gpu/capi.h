@@ -1,8 +1,8 @@
 /* Framework-free C API over tf-dcn's GPU launchers, for testing them without TensorFlow.
  *
  * Built two ways from capi.cc:
- *   - on a GPU machine by tests/gpu/run.sh (nvcc): the CUDA launchers of cc/kernels (.cu files), device
- *     pointers, a cudaStream_t, cuBLAS for the matrix products; driven by check_gpu.py against
+ *   - on a GPU machine by tests/gpu/run.sh (nvcc): the CUDA launchers of cc/kernels (.cu files),
+ * device pointers, a cudaStream_t, cuBLAS for the matrix products; driven by check_gpu.py against
  *     torchvision on CUDA;
  *   - everywhere by `make build` (g++, TF_DCN_CAPI_EMULATION): the *same launcher code* run by
  *     the host executor with host pointers and a plain-loop GEMM; driven by
@@ -11,6 +11,12 @@
  * type: 0 float16, 1 bfloat16, 2 float32, 3 float64 (tf_dcn::ElementType).
  * conv dims (19 int64): N, H, W, C, Ho, Wo, Cout, kh, kw, stride_h, stride_w, dilation_h,
  *   dilation_w, pad_top, pad_left, groups, deformable_groups, use_mask, use_bias.
+ * pool dims (12 int64): N, H, W, C, num_rois, output_dim, group_size, pooled_size, part_size,
+ *   sample_per_part, num_classes, use_offsets (features [N, H, W, C], C = output_dim *
+ *   group_size^2; rois [num_rois, 5], float64 when rois_double else float32, batch indices
+ *   already valid; offsets [num_rois, part_size, part_size, 2*num_classes], x before y, read only
+ *   when use_offsets; num_classes is 1 without offsets). spatial_scale and trans_std are rounded
+ *   to float32, like the op's attributes.
  * Every function returns 0 or an error code; tfdcn_error_string explains it.
  */
 #ifndef TF_DCN_TESTS_GPU_CAPI_H_
@@ -29,14 +35,27 @@ int tfdcn_on_device(void);
 int tfdcn_conv_workspace_bytes(int type, const int64_t* dims, int deterministic, int backward,
                                int64_t* bytes);
 int tfdcn_conv_forward(int type, const int64_t* dims, int deterministic, void* stream,
-                       const void* input, const void* offsets, const void* mask,
-                       const void* kernel, const void* bias, void* output, void* workspace,
-                       int64_t workspace_bytes);
+                       const void* input, const void* offsets, const void* mask, const void* kernel,
+                       const void* bias, void* output, void* workspace, int64_t workspace_bytes);
 int tfdcn_conv_backward(int type, const int64_t* dims, int deterministic, void* stream,
                         const void* input, const void* offsets, const void* mask,
                         const void* kernel, const void* grad_output, void* grad_input,
                         void* grad_offsets, void* grad_mask, void* grad_kernel, void* grad_bias,
                         void* workspace, int64_t workspace_bytes);
+
+/* Deformable (PS-)RoI pooling. The forward pass needs no workspace (0 bytes). grad_features is
+ * always written; grad_offsets only when use_offsets (may be NULL otherwise). */
+int tfdcn_pool_workspace_bytes(int type, int rois_double, const int64_t* dims, int deterministic,
+                               int backward, int64_t* bytes);
+int tfdcn_pool_forward(int type, int rois_double, const int64_t* dims, double spatial_scale,
+                       double trans_std, int deterministic, void* stream, const void* features,
+                       const void* rois, const void* offsets, void* output, void* workspace,
+                       int64_t workspace_bytes);
+int tfdcn_pool_backward(int type, int rois_double, const int64_t* dims, double spatial_scale,
+                        double trans_std, int deterministic, void* stream, const void* features,
+                        const void* rois, const void* offsets, const void* grad_output,
+                        void* grad_features, void* grad_offsets, void* workspace,
+                        int64_t workspace_bytes);
 
 #ifdef __cplusplus
 }

@@ -27,8 +27,8 @@ struct GpuDevice {};
 // Turns a launcher error code into an op error naming the op.
 inline absl::Status GpuCodeToStatus(int code, const char* op_name) {
   if (code == 0) return absl::OkStatus();
-  const std::string text = absl::StrCat(op_name, " on the GPU: ", GpuErrorString(code),
-                                        " (error ", code, ")");
+  const std::string text =
+      absl::StrCat(op_name, " on the GPU: ", GpuErrorString(code), " (error ", code, ")");
   if (code == kCudaErrorInsufficientDriver) return absl::FailedPreconditionError(text);
   return absl::InternalError(text);
 }
@@ -89,9 +89,9 @@ struct TfBlasGemm {
                                   se::blas::CallContext::kNone);
     } else {
       st = self->blas->DoBlasGemmStridedBatched(
-          self->stream, ta, tb, g.m, g.n, g.k, dtype, alpha, a, static_cast<int>(g.lda),
-          g.stride_a, b, static_cast<int>(g.ldb), g.stride_b, beta, &c, static_cast<int>(g.ldc),
-          g.stride_c, static_cast<int>(g.batch), self->options, se::blas::CallContext::kNone);
+          self->stream, ta, tb, g.m, g.n, g.k, dtype, alpha, a, static_cast<int>(g.lda), g.stride_a,
+          b, static_cast<int>(g.ldb), g.stride_b, beta, &c, static_cast<int>(g.ldc), g.stride_c,
+          static_cast<int>(g.batch), self->options, se::blas::CallContext::kNone);
     }
     if (!st.ok()) {
       if (self->status.ok()) self->status = st;

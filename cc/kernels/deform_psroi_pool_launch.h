@@ -1,0 +1,542 @@
+// The GPU algorithm of the deformable (PS-)RoI pooling (semantics.md section 2), written once over
+// an executor (gpu_launch.h): CudaExec runs it on the device (deform_psroi_pool_gpu.cu), HostExec
+// runs the very same code on the CPU for the test suite. No TensorFlow and no CUDA headers.
+//
+// A "unit" is one bin of one RoI for one offset class, u = ((r*P + ph)*P + pw)*K + cls; all of
+// its output channels share the same samples.
+//   forward    one thread per output element (r, ph, pw, ctop): walks the samples of its bin
+//              (PoolForward), like the CPU kernel (NaN bin for a non-finite box or a NaN
+//              position, 0 when no sample is kept).
+//   backward   counts[u] = kept samples of unit u, or -1 for a NaN bin (BinCounts), then
+//     d features, fast path: one thread per output element scatters grad/count times the
+//              corner weights with atomic adds (ScatterFeatureGrad);
+//     d features, deterministic path: every (unit, sample, corner) is an entry, numbered
+//              E = ((u*S*S + iy*S + ix)*4 + q) in the CPU kernel's visiting order. Entries are
+//              keyed by the (image pixel, offset class, group cell) they land on, stably
+//              radix-sorted, and one thread per (run of equal keys, channel of the class)
+//              adds the run to its feature element in sorted order (FeatureGradKeys,
+//              GatherFeatureGrad). No floating-point atomics; every element's sum has the CPU
+//              kernel's order. Entries are processed in chunks of at most kMaxEntriesPerChunk
+//              (in E order, one after another), so memory does not grow with the problem.
+//     d offsets: one thread per (RoI, part cell, class) loops over the bins of that part cell
+//              in row-major order, their kept samples and the class's channels (OffsetGrad);
+//              deterministic in both modes.
+// Half types accumulate in float32 (AccumulatorType), the features gradient in a float32
+// workspace buffer that is cast at the end.
+#ifndef TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_LAUNCH_H_
+#define TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_LAUNCH_H_
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cc/kernels/dcn_common.h"
+#include "cc/kernels/deform_psroi_pool_geometry.h"
+#include "cc/kernels/deform_psroi_pool_gpu.h"
+#include "cc/kernels/gpu_launch.h"
+
+namespace tf_dcn {
+namespace pool_gpu {
+
+// Entries of one deterministic features-gradient chunk (24 to 28 bytes each, plus the sort's
+// temporary storage).
+constexpr int64_t kMaxEntriesPerChunk = int64_t(1) << 21;
+// Above this many entries in all, E would come close to int64's range (only reachable with an
+// absurd sample_per_part): the deterministic path refuses with kGpuPoolTooManySamples.
+constexpr int64_t kMaxTotalEntries = int64_t(1) << 62;
+
+// Sizes derived once per call (plain fields, usable on the device).
+struct Shape {
+  int64_t N, H, W, C;     // features
+  int64_t R, D, G, GG;    // RoIs, output_dim, group_size, group_size^2
+  int64_t P, part, S;     // pooled_size, part_size, sample_per_part
+  int64_t SS, K, Ce;      // samples per bin, offset classes, channels per class
+  int64_t OC;             // offset channels, 2*K
+  int64_t pixels, units;  // N*H*W, R*P*P*K
+  float spatial_scale, trans_std;
+  bool use_offsets;
+
+  explicit Shape(const DeformPSRoIPoolDims& d)
+      : N(d.batch),
+        H(d.height),
+        W(d.width),
+        C(d.channels),
+        R(d.num_rois),
+        D(d.output_dim),
+        G(d.group_size),
+        GG(d.group_cells()),
+        P(d.pooled_size),
+        part(d.part_size),
+        S(d.sample_per_part),
+        SS(d.samples_per_bin()),
+        K(d.num_classes),
+        Ce(d.channels_each_class()),
+        OC(d.offset_channels()),
+        pixels(d.batch * d.height * d.width),
+        units(d.num_rois * d.bins() * d.num_classes),
+        spatial_scale(d.spatial_scale),
+        trans_std(d.trans_std),
+        use_offsets(d.use_offsets) {}
+};
+
+// Position-sensitive group cell gidx = gh*G + gw of bin (ph, pw); output channel ctop reads
+// feature channel ctop*GG + gidx.
+TF_DCN_HD int64_t GroupCell(const Shape& s, int64_t ph, int64_t pw) {
+  return PoolGroupIndex(ph, s.G, s.P) * s.G + PoolGroupIndex(pw, s.G, s.P);
+}
+
+// One unit: the RoI's batch index (validated by the caller) and box, and the first sample
+// position of the bin; nan_origin when the box is not finite.
+template <typename A>
+struct Bin {
+  int64_t batch;
+  PoolRoi<A> roi;
+  A h0, w0;
+  bool nan_origin;
+};
+
+// offsets: [R, part, part, 2*K] with x before y, or nullptr without offsets.
+template <typename A, typename T, typename TR>
+TF_DCN_HD Bin<A> MakeBin(const Shape& s, const TR* rois, const T* offsets, int64_t r, int64_t ph,
+                         int64_t pw, int64_t cls) {
+  const TR* box = rois + r * 5;
+  Bin<A> b;
+  b.batch = static_cast<int64_t>(box[0]);
+  b.roi = MakePoolRoi<A, TR>(box[1], box[2], box[3], box[4], A(s.spatial_scale), s.P, s.S);
+  b.h0 = b.w0 = A(0);
+  b.nan_origin = !b.roi.finite;
+  if (b.nan_origin) return b;
+  A tx = A(0), ty = A(0);
+  if (offsets != nullptr) {
+    const int64_t part_h = PoolPartIndex(ph, s.part, s.P);
+    const int64_t part_w = PoolPartIndex(pw, s.part, s.P);
+    const T* o = offsets + ((r * s.part + part_h) * s.part + part_w) * s.OC + 2 * cls;
+    tx = A(o[0]) * A(s.trans_std);  // x first
+    ty = A(o[1]) * A(s.trans_std);
+  }
+  PoolBinStart(b.roi, ph, pw, ty, tx, &b.h0, &b.w0);
+  return b;
+}
+
+// Sample (iy, ix) of a bin (the CPU kernel's ForEachSample computes the same positions).
+template <typename A>
+TF_DCN_HD PoolSample<A> SampleAt(const Shape& s, const Bin<A>& b, int64_t iy, int64_t ix) {
+  const A h = b.h0 + A(iy) * b.roi.sub_h;
+  return MakePoolSample<A>(h, b.w0 + A(ix) * b.roi.sub_w, s.H, s.W);
+}
+
+// Unit u -> (r, ph, pw, cls); bin = (r*P + ph)*P + pw indexes the output rows.
+struct UnitIndex {
+  int64_t r, ph, pw, cls, bin;
+};
+TF_DCN_HD UnitIndex DecodeUnit(const Shape& s, int64_t u) {
+  UnitIndex x;
+  x.cls = u % s.K;
+  x.bin = u / s.K;
+  x.pw = x.bin % s.P;
+  x.ph = (x.bin / s.P) % s.P;
+  x.r = x.bin / (s.P * s.P);
+  return x;
+}
+
+// One thread per output element i = ((r*P + ph)*P + pw)*D + ctop.
+template <typename T, typename TR>
+struct PoolForward {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T* features;
+  const TR* rois;
+  const T* offsets;
+  T* output;
+
+  TF_DCN_HD void operator()(int64_t i) const {
+    const int64_t ctop = i % s.D, bin = i / s.D;
+    const int64_t pw = bin % s.P, ph = (bin / s.P) % s.P, r = bin / (s.P * s.P);
+    const Bin<A> b = MakeBin<A>(s, rois, offsets, r, ph, pw, ctop / s.Ce);
+    const T* plane = features + b.batch * s.H * s.W * s.C + ctop * s.GG + GroupCell(s, ph, pw);
+    A sum = A(0);
+    int64_t kept = 0;
+    bool nan = b.nan_origin;
+    for (int64_t iy = 0; iy < s.S && !nan; ++iy) {
+      for (int64_t ix = 0; ix < s.S; ++ix) {
+        const PoolSample<A> smp = SampleAt(s, b, iy, ix);
+        if (smp.kind == kPoolNaN) {
+          nan = true;
+          break;
+        }
+        if (smp.kind != kPoolKept) continue;
+        ++kept;
+        A u[4];
+        for (int q = 0; q < 4; ++q) u[q] = A(plane[smp.pixel[q] * s.C]);
+        sum += PoolSampleValue(smp, u);
+      }
+    }
+    A v = A(0);
+    if (nan) {
+      v = QuietNaN<A>();
+    } else if (kept > 0) {
+      v = sum / A(kept);
+    }
+    output[i] = T(v);
+  }
+};
+
+// counts[u] = kept samples of unit u, or -1 when the bin is NaN (non-finite box or a NaN sample
+// position). Used by every backward pass.
+template <typename T, typename TR>
+struct BinCounts {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const TR* rois;
+  const T* offsets;
+  int64_t* counts;
+
+  TF_DCN_HD void operator()(int64_t u) const {
+    const UnitIndex x = DecodeUnit(s, u);
+    const Bin<A> b = MakeBin<A>(s, rois, offsets, x.r, x.ph, x.pw, x.cls);
+    int64_t kept = 0;
+    bool nan = b.nan_origin;
+    for (int64_t iy = 0; iy < s.S && !nan; ++iy) {
+      for (int64_t ix = 0; ix < s.S; ++ix) {
+        const int kind = SampleAt(s, b, iy, ix).kind;
+        if (kind == kPoolNaN) {
+          nan = true;
+          break;
+        }
+        kept += kind == kPoolKept;
+      }
+    }
+    counts[u] = nan ? -1 : kept;
+  }
+};
+
+// Fast features gradient: one thread per output element adds grad/count * weight to the four
+// corners of every kept sample of its bin, atomically, into acc [N, H, W, C].
+template <typename T, typename TR>
+struct ScatterFeatureGrad {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const TR* rois;
+  const T* offsets;
+  const T* grad_output;
+  const int64_t* counts;
+  A* acc;
+
+  TF_DCN_HD void operator()(int64_t i) const {
+    const int64_t ctop = i % s.D, bin = i / s.D, cls = ctop / s.Ce;
+    const int64_t count = counts[bin * s.K + cls];
+    if (count <= 0) return;  // NaN bin or nothing kept: no gradient to the features
+    const int64_t pw = bin % s.P, ph = (bin / s.P) % s.P, r = bin / (s.P * s.P);
+    const Bin<A> b = MakeBin<A>(s, rois, offsets, r, ph, pw, cls);
+    const A g = A(grad_output[i]) / A(count);
+    A* plane = acc + b.batch * s.H * s.W * s.C + ctop * s.GG + GroupCell(s, ph, pw);
+    for (int64_t iy = 0; iy < s.S; ++iy) {
+      for (int64_t ix = 0; ix < s.S; ++ix) {
+        const PoolSample<A> smp = SampleAt(s, b, iy, ix);
+        if (smp.kind != kPoolKept) continue;
+        for (int q = 0; q < 4; ++q) AtomicAddTo(plane + smp.pixel[q] * s.C, g * smp.weight[q]);
+      }
+    }
+  }
+};
+
+// Deterministic features gradient, step 1, for entries E = e0 + e, e in [0, n): the key of
+// entry E = (u*SS + iy*S + ix)*4 + q is ((b*H*W + pixel)*K + cls)*GG + gidx, the (image pixel,
+// class, group cell) corner q of that sample lands on, or `sentinel` (sorted last, ignored) when
+// the unit passes no gradient or the sample is not kept. weights[e] is the corner's weight.
+template <typename T, typename TR>
+struct FeatureGradKeys {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const TR* rois;
+  const T* offsets;
+  const int64_t* counts;
+  uint64_t* keys;
+  uint32_t* values;
+  A* weights;
+  int64_t e0;
+  uint64_t sentinel;
+
+  TF_DCN_HD void operator()(int64_t e) const {
+    const int64_t E = e0 + e;
+    const int q = static_cast<int>(E % 4);
+    const int64_t sample = (E / 4) % s.SS, u = E / (4 * s.SS);
+    uint64_t key = sentinel;
+    A w = A(0);
+    if (counts[u] > 0) {
+      const UnitIndex x = DecodeUnit(s, u);
+      const Bin<A> b = MakeBin<A>(s, rois, offsets, x.r, x.ph, x.pw, x.cls);
+      const PoolSample<A> smp = SampleAt(s, b, sample / s.S, sample % s.S);
+      if (smp.kind == kPoolKept) {
+        const int64_t pixel = b.batch * s.H * s.W + smp.pixel[q];
+        key = static_cast<uint64_t>((pixel * s.K + x.cls) * s.GG + GroupCell(s, x.ph, x.pw));
+        w = smp.weight[q];
+      }
+    }
+    keys[e] = key;
+    values[e] = static_cast<uint32_t>(e);
+    weights[e] = w;
+  }
+};
+
+// Deterministic features gradient, step 2: one thread per (sorted entry, channel j of the
+// class). The thread at the first entry of a run of equal keys adds the run, in order, to
+// feature element (pixel, ((cls*Ce + j)*GG + gidx)); every other thread returns. Each feature
+// element belongs to exactly one (key, j), so no two threads write the same element, and the
+// order of its sum (chunks in turn, entries in E order within a chunk) is the CPU kernel's.
+template <typename T>
+struct GatherFeatureGrad {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T* grad_output;
+  const int64_t* counts;
+  const uint64_t* keys;    // sorted
+  const uint32_t* values;  // entry ids in key order
+  const A* weights;        // by entry id
+  A* acc;
+  int64_t e0, n;
+  uint64_t sentinel;
+
+  TF_DCN_HD void operator()(int64_t t) const {
+    const int64_t j = t % s.Ce, first = t / s.Ce;
+    const uint64_t key = keys[first];
+    if (key == sentinel || (first > 0 && keys[first - 1] == key)) return;
+    const int64_t gidx = static_cast<int64_t>(key % static_cast<uint64_t>(s.GG));
+    const uint64_t rest = key / static_cast<uint64_t>(s.GG);
+    const int64_t cls = static_cast<int64_t>(rest % static_cast<uint64_t>(s.K));
+    const int64_t pixel = static_cast<int64_t>(rest / static_cast<uint64_t>(s.K));
+    const int64_t ctop = cls * s.Ce + j;
+    A* dst = acc + pixel * s.C + ctop * s.GG + gidx;
+    A v = *dst;
+    for (int64_t k = first; k < n && keys[k] == key; ++k) {
+      const int64_t e = values[k];
+      const int64_t u = (e0 + e) / (4 * s.SS);
+      const A g = A(grad_output[(u / s.K) * s.D + ctop]) / A(counts[u]);
+      v += g * weights[e];
+    }
+    *dst = v;
+  }
+};
+
+// Offsets gradient: one thread per (RoI, part cell, class) writes both components (x, y) of
+// that cell's offsets: the sum over the bins of the cell (row-major), of trans_std * roi size /
+// count times the sum over kept samples of the grad-weighted position derivatives. NaN when one
+// of those bins is NaN, 0 when none keeps a sample.
+template <typename T, typename TR>
+struct OffsetGrad {
+  using A = typename AccumulatorType<T>::type;
+  Shape s;
+  const T* features;
+  const TR* rois;
+  const T* offsets;
+  const T* grad_output;
+  const int64_t* counts;
+  T* grad_offsets;
+
+  // Bins p in [0, P) with floor(p*part/P) == cell: [ceil(cell*P/part), ceil((cell+1)*P/part)).
+  TF_DCN_HD void BinRange(int64_t cell, int64_t* lo, int64_t* hi) const {
+    *lo = (cell * s.P + s.part - 1) / s.part;
+    const int64_t h = ((cell + 1) * s.P + s.part - 1) / s.part;
+    *hi = h < s.P ? h : s.P;
+  }
+
+  TF_DCN_HD void operator()(int64_t i) const {
+    const int64_t cls = i % s.K, cell = i / s.K;
+    const int64_t part_w = cell % s.part, part_h = (cell / s.part) % s.part;
+    const int64_t r = cell / (s.part * s.part);
+    int64_t ph_lo, ph_hi, pw_lo, pw_hi;
+    BinRange(part_h, &ph_lo, &ph_hi);
+    BinRange(part_w, &pw_lo, &pw_hi);
+    const A trans_std = A(s.trans_std);
+    A dx = A(0), dy = A(0);
+    bool nan = false;
+    for (int64_t ph = ph_lo; ph < ph_hi; ++ph) {
+      for (int64_t pw = pw_lo; pw < pw_hi; ++pw) {
+        const int64_t bin = (r * s.P + ph) * s.P + pw;
+        const int64_t count = counts[bin * s.K + cls];
+        if (count < 0) nan = true;
+        if (count <= 0 || nan) continue;
+        const Bin<A> b = MakeBin<A>(s, rois, offsets, r, ph, pw, cls);
+        const T* image = features + b.batch * s.H * s.W * s.C;
+        const int64_t channel0 = cls * s.Ce * s.GG + GroupCell(s, ph, pw);
+        const T* gout = grad_output + bin * s.D + cls * s.Ce;
+        A gx = A(0), gy = A(0);
+        for (int64_t iy = 0; iy < s.S; ++iy) {
+          for (int64_t ix = 0; ix < s.S; ++ix) {
+            const PoolSample<A> smp = SampleAt(s, b, iy, ix);
+            if (smp.kind != kPoolKept) continue;
+            const T* p0 = image + smp.pixel[0] * s.C + channel0;
+            const T* p1 = image + smp.pixel[1] * s.C + channel0;
+            const T* p2 = image + smp.pixel[2] * s.C + channel0;
+            const T* p3 = image + smp.pixel[3] * s.C + channel0;
+            A dots[4] = {A(0), A(0), A(0), A(0)};
+            for (int64_t j = 0; j < s.Ce; ++j) {
+              const A g = A(gout[j]);
+              const int64_t k = j * s.GG;
+              dots[0] += g * A(p0[k]);
+              dots[1] += g * A(p1[k]);
+              dots[2] += g * A(p2[k]);
+              dots[3] += g * A(p3[k]);
+            }
+            gx += PoolSampleDx(smp, dots);
+            gy += PoolSampleDy(smp, dots);
+          }
+        }
+        const A c = A(count);
+        dx += gx / c * trans_std * b.roi.roi_w;
+        dy += gy / c * trans_std * b.roi.roi_h;
+      }
+    }
+    if (nan) dx = dy = QuietNaN<A>();
+    T* dst = grad_offsets + cell * s.OC + 2 * cls;
+    dst[0] = T(dx);
+    dst[1] = T(dy);
+  }
+};
+
+template <typename T, typename A>
+struct CastTo {  // out[e] = T(acc[e])
+  const A* acc;
+  T* out;
+  TF_DCN_HD void operator()(int64_t e) const { out[e] = T(acc[e]); }
+};
+
+// Pieces of the workspace. Built twice: once with base == nullptr to measure, once to carve.
+// The forward pass needs none.
+template <typename T>
+struct Workspace {
+  using A = typename AccumulatorType<T>::type;
+  int64_t* counts = nullptr;
+  A* acc = nullptr;  // half types only
+  uint64_t *keys_in = nullptr, *keys_out = nullptr;
+  uint32_t *values_in = nullptr, *values_out = nullptr;
+  A* weights = nullptr;
+  void* sort_temp = nullptr;
+  int64_t sort_temp_bytes = 0, bytes = 0, total_entries = 0, chunk = 0;
+  int key_bits = 1;
+  uint64_t sentinel = 0;
+
+  template <typename Exec>
+  int Layout(Exec& exec, const Shape& s, bool backward, bool deterministic, void* base) {
+    constexpr bool kHalfType = !std::is_same<T, A>::value;
+    WorkspaceCarver carve(base);
+    if (backward) {
+      counts = carve.Take<int64_t>(s.units);
+      if (kHalfType) acc = carve.Take<A>(s.pixels * s.C);
+      if (deterministic && s.pixels * s.C > 0 && s.units > 0) {
+        // units * SS * 4 without overflowing int64.
+        if (s.SS > kMaxTotalEntries / 4 / s.units) return kGpuPoolTooManySamples;
+        total_entries = s.units * s.SS * 4;
+        chunk = total_entries < kMaxEntriesPerChunk ? total_entries : kMaxEntriesPerChunk;
+        sentinel = static_cast<uint64_t>(s.pixels * s.K * s.GG);
+        key_bits = KeyBits(sentinel);
+        keys_in = carve.Take<uint64_t>(chunk);
+        keys_out = carve.Take<uint64_t>(chunk);
+        values_in = carve.Take<uint32_t>(chunk);
+        values_out = carve.Take<uint32_t>(chunk);
+        weights = carve.Take<A>(chunk);
+        if (const int e = exec.SortPairsTempBytes(chunk, key_bits, &sort_temp_bytes)) return e;
+        sort_temp = carve.Take<char>(sort_temp_bytes);
+      }
+    }
+    bytes = carve.bytes();
+    return kGpuOk;
+  }
+};
+
+#ifndef TF_DCN_GPU_TRY
+#define TF_DCN_GPU_TRY(expr)              \
+  do {                                    \
+    if (const int e_ = (expr)) return e_; \
+  } while (0)
+#endif
+
+template <typename Exec, typename T>
+int WorkspaceBytes(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, bool backward,
+                   int64_t* bytes) {
+  Exec exec(launch);
+  Workspace<T> ws;
+  TF_DCN_GPU_TRY(ws.Layout(exec, Shape(d), backward, launch.deterministic, nullptr));
+  *bytes = ws.bytes;
+  return kGpuOk;
+}
+
+// features [N, H, W, C], rois [R, 5] (batch indices validated by the caller), offsets
+// [R, part, part, 2*K] or nullptr, output [R, P, P, D]. All device pointers.
+template <typename Exec, typename T, typename TR>
+int Forward(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, const void* features,
+            const void* rois, const void* offsets, void* output, void* workspace,
+            int64_t workspace_bytes) {
+  const Shape s(d);
+  Exec exec(launch);
+  Workspace<T> ws;
+  TF_DCN_GPU_TRY(ws.Layout(exec, s, false, false, workspace));
+  if (ws.bytes > workspace_bytes) return kGpuWorkspaceTooSmall;
+  const T* off = s.use_offsets ? static_cast<const T*>(offsets) : nullptr;
+  return exec.ForEach(d.output_size(), PoolForward<T, TR>{s, static_cast<const T*>(features),
+                                                          static_cast<const TR*>(rois), off,
+                                                          static_cast<T*>(output)});
+}
+
+// grad_features [N, H, W, C] is always written (zeros where nothing pools); grad_offsets
+// [R, part, part, 2*K] when offsets are used (nullptr otherwise).
+template <typename Exec, typename T, typename TR>
+int Backward(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, const void* features_v,
+             const void* rois_v, const void* offsets_v, const void* grad_output_v,
+             void* grad_features_v, void* grad_offsets_v, void* workspace,
+             int64_t workspace_bytes) {
+  using A = typename AccumulatorType<T>::type;
+  constexpr bool kHalfType = !std::is_same<T, A>::value;
+  const Shape s(d);
+  Exec exec(launch);
+  Workspace<T> ws;
+  TF_DCN_GPU_TRY(ws.Layout(exec, s, true, launch.deterministic, workspace));
+  if (ws.bytes > workspace_bytes) return kGpuWorkspaceTooSmall;
+  const T* features = static_cast<const T*>(features_v);
+  const TR* rois = static_cast<const TR*>(rois_v);
+  const T* offsets = s.use_offsets ? static_cast<const T*>(offsets_v) : nullptr;
+  const T* grad_output = static_cast<const T*>(grad_output_v);
+  T* grad_features = static_cast<T*>(grad_features_v);
+  T* grad_offsets = s.use_offsets ? static_cast<T*>(grad_offsets_v) : nullptr;
+  const int64_t feature_size = s.pixels * s.C;
+
+  A* acc = kHalfType ? ws.acc : reinterpret_cast<A*>(grad_features);
+  TF_DCN_GPU_TRY(exec.Zero(acc, feature_size * int64_t(sizeof(A))));
+  if (s.units > 0) {
+    TF_DCN_GPU_TRY(exec.ForEach(s.units, BinCounts<T, TR>{s, rois, offsets, ws.counts}));
+  }
+
+  if (feature_size > 0 && s.units > 0) {
+    if (!launch.deterministic) {
+      TF_DCN_GPU_TRY(
+          exec.ForEach(d.output_size(),
+                       ScatterFeatureGrad<T, TR>{s, rois, offsets, grad_output, ws.counts, acc}));
+    } else {
+      for (int64_t e0 = 0; e0 < ws.total_entries; e0 += ws.chunk) {
+        const int64_t n = ws.total_entries - e0 < ws.chunk ? ws.total_entries - e0 : ws.chunk;
+        TF_DCN_GPU_TRY(
+            exec.ForEach(n, FeatureGradKeys<T, TR>{s, rois, offsets, ws.counts, ws.keys_in,
+                                                   ws.values_in, ws.weights, e0, ws.sentinel}));
+        TF_DCN_GPU_TRY(exec.SortPairs(ws.sort_temp, ws.sort_temp_bytes, ws.keys_in, ws.keys_out,
+                                      ws.values_in, ws.values_out, n, ws.key_bits));
+        TF_DCN_GPU_TRY(exec.ForEach(
+            n * s.Ce, GatherFeatureGrad<T>{s, grad_output, ws.counts, ws.keys_out, ws.values_out,
+                                           ws.weights, acc, e0, n, ws.sentinel}));
+      }
+    }
+  }
+  if (kHalfType && feature_size > 0) {
+    TF_DCN_GPU_TRY(exec.ForEach(feature_size, CastTo<T, A>{acc, grad_features}));
+  }
+
+  if (grad_offsets != nullptr && s.R > 0) {
+    TF_DCN_GPU_TRY(exec.ForEach(
+        s.R * s.part * s.part * s.K,
+        OffsetGrad<T, TR>{s, features, rois, offsets, grad_output, ws.counts, grad_offsets}));
+  }
+  return kGpuOk;
+}
+
+}  // namespace pool_gpu
+}  // namespace tf_dcn
+
+#endif  // TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_LAUNCH_H_
