@@ -16,6 +16,7 @@ import pytest
 
 from tests import gpu_emulation as emu
 from tests import psroi_reference as ref
+from tests import test_deform_psroi_pool
 
 try:
     emu.library()
@@ -130,17 +131,7 @@ def _rounded(x, dtype):
 # ------------------------------------------------------------------------------------------------
 # Against the reference (the boxes and configurations of tests/test_deform_psroi_pool.py).
 # ------------------------------------------------------------------------------------------------
-# Boxes: inside, partly outside (left/top, right/bottom), wholly outside, halves to round,
-# degenerate (x2 < x1: minimum size), partly outside on both sides.
-ROIS = np.array([
-    [0, 1.0, 2.0, 7.5, 6.0],
-    [1, -3.0, -2.0, 4.0, 5.0],
-    [1, 6.0, 5.0, 14.0, 12.0],
-    [0, 2.5, -0.5, 2.5, 3.0],
-    [1, 30.0, 40.0, 36.0, 44.0],
-    [0, 8.0, 7.0, 3.0, 2.0],
-    [0, -2.5, 4.5, 10.5, 8.5],
-])
+ROIS = test_deform_psroi_pool.ROIS  # inside, partly/wholly outside, halves, degenerate
 
 CASES = {
     # name: (H, W, output_dim, group_size, pooled_size, part_size, sample_per_part, num_classes,

@@ -7,6 +7,7 @@
 
 #include "cc/kernels/cpu_dispatch.h"
 #include "cc/kernels/deform_conv2d_functor.h"
+#include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace tf_dcn {
@@ -23,25 +24,6 @@ CpuParallel MakeCpuParallel(tensorflow::OpKernelContext* ctx) {
     workers->ParallelFor(total, cost, fn);
   };
   return parallel;
-}
-
-template <typename T>
-constexpr ElementType ElementTypeOf();
-template <>
-constexpr ElementType ElementTypeOf<Eigen::half>() {
-  return ElementType::kHalf;
-}
-template <>
-constexpr ElementType ElementTypeOf<Eigen::bfloat16>() {
-  return ElementType::kBFloat16;
-}
-template <>
-constexpr ElementType ElementTypeOf<float>() {
-  return ElementType::kFloat;
-}
-template <>
-constexpr ElementType ElementTypeOf<double>() {
-  return ElementType::kDouble;
 }
 
 absl::Status ChooseIsa(CpuIsa* isa) {

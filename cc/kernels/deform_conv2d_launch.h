@@ -85,6 +85,22 @@ TF_DCN_HD int64_t ColIndex(const Shape& s, int64_t P, int64_t pp, int64_t k, int
   return ((grp * P + pp) * s.K + k) * s.Cg + (c - grp * s.Cg);
 }
 
+// Element i = (pp*DG*K + gk)*Cdg + c_in of a chunk's (pixel, tap, channel) grid, channels fastest
+// (so that neighbouring threads read neighbouring NHWC channels).
+struct ColElement {
+  int64_t pp, gk, k, c;
+};
+TF_DCN_HD ColElement DecodeColElement(const Shape& s, int64_t i) {
+  ColElement e;
+  const int64_t c_in = i % s.Cdg;
+  e.gk = (i / s.Cdg) % (s.DG * s.K);
+  e.pp = i / (s.Cdg * s.DG * s.K);
+  const int64_t g = e.gk / s.K;
+  e.k = e.gk - g * s.K;
+  e.c = g * s.Cdg + c_in;
+  return e;
+}
+
 // col for pixels [p0, p0 + P), one thread per (pixel, tap, channel of the deformable group).
 template <typename T>
 struct Im2Col {
@@ -95,10 +111,8 @@ struct Im2Col {
   int64_t p0, P;
 
   TF_DCN_HD void operator()(int64_t i) const {
-    const int64_t c_in = i % s.Cdg;
-    const int64_t gk = (i / s.Cdg) % (s.DG * s.K);
-    const int64_t pp = i / (s.Cdg * s.DG * s.K);
-    const int64_t p = p0 + pp, g = gk / s.K, k = gk - g * s.K, c = g * s.Cdg + c_in;
+    const ColElement e = DecodeColElement(s, i);
+    const int64_t pp = e.pp, gk = e.gk, k = e.k, c = e.c, p = p0 + pp;
     const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
     A v = A(0);
     if (smp.kind == kSampleNaN) {
@@ -172,10 +186,8 @@ struct ScatterInputGrad {
   int64_t p0, P;
 
   TF_DCN_HD void operator()(int64_t i) const {
-    const int64_t c_in = i % s.Cdg;
-    const int64_t gk = (i / s.Cdg) % (s.DG * s.K);
-    const int64_t pp = i / (s.Cdg * s.DG * s.K);
-    const int64_t p = p0 + pp, g = gk / s.K, k = gk - g * s.K, c = g * s.Cdg + c_in;
+    const ColElement e = DecodeColElement(s, i);
+    const int64_t pp = e.pp, gk = e.gk, k = e.k, c = e.c, p = p0 + pp;
     const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
     if (smp.kind != kSampleInside) return;
     A gc = A(dcol[ColIndex(s, P, pp, k, c)]);

@@ -8,11 +8,11 @@
 //       f is a copyable functor whose operator() is TF_DCN_HD.
 //   int Exec::Zero(void* p, int64_t bytes)
 //   int Exec::SortPairsTempBytes(int64_t n, int end_bit, int64_t* bytes)
-//   int Exec::SortPairs(void* temp, int64_t temp_bytes, const uint64_t* keys_in, uint64_t*
-//   keys_out,
-//                       const uint32_t* values_in, uint32_t* values_out, int64_t n, int end_bit)
-//       stable ascending sort on the low end_bit bits of the keys (cub radix sort /
-//       std::stable_sort).
+//   int Exec::SortPairs(void* temp, int64_t temp_bytes, const uint64_t* keys_in,
+//                       uint64_t* keys_out, const uint32_t* values_in, uint32_t* values_out,
+//                       int64_t n, int end_bit)
+//       stable ascending sort on the low end_bit bits of the keys (cub radix sort on the device,
+//       std::stable_sort on the host).
 //   int Exec::CopyToHost(void* host, const void* device, int64_t bytes)   (synchronous)
 // Every call returns 0 or an error code (below). Exec::kOnDevice tells device from host.
 // Matrix products go through a caller-supplied GemmFn (TensorFlow's BLAS in the op, cuBLAS in

@@ -2,6 +2,7 @@
 #ifndef TF_DCN_CC_KERNELS_OP_UTIL_H_
 #define TF_DCN_CC_KERNELS_OP_UTIL_H_
 
+#include "cc/kernels/kernel_args.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace tf_dcn {
@@ -10,6 +11,26 @@ namespace tf_dcn {
 template <typename T>
 const T* DataOrNull(const tensorflow::Tensor& t, bool used) {
   return used ? t.flat<T>().data() : nullptr;
+}
+
+// The ElementType of a TensorFlow element type (for the TF-free CPU kernels and GPU launchers).
+template <typename T>
+constexpr ElementType ElementTypeOf();
+template <>
+constexpr ElementType ElementTypeOf<Eigen::half>() {
+  return ElementType::kHalf;
+}
+template <>
+constexpr ElementType ElementTypeOf<Eigen::bfloat16>() {
+  return ElementType::kBFloat16;
+}
+template <>
+constexpr ElementType ElementTypeOf<float>() {
+  return ElementType::kFloat;
+}
+template <>
+constexpr ElementType ElementTypeOf<double>() {
+  return ElementType::kDouble;
 }
 
 }  // namespace tf_dcn

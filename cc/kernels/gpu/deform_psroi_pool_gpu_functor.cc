@@ -6,29 +6,11 @@
 #include "cc/kernels/deform_psroi_pool_functor.h"
 #include "cc/kernels/deform_psroi_pool_gpu.h"
 #include "cc/kernels/gpu/gpu_op_util.h"
+#include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace tf_dcn {
 namespace {
-
-template <typename T>
-constexpr ElementType ElementTypeOf();
-template <>
-constexpr ElementType ElementTypeOf<Eigen::half>() {
-  return ElementType::kHalf;
-}
-template <>
-constexpr ElementType ElementTypeOf<Eigen::bfloat16>() {
-  return ElementType::kBFloat16;
-}
-template <>
-constexpr ElementType ElementTypeOf<float>() {
-  return ElementType::kFloat;
-}
-template <>
-constexpr ElementType ElementTypeOf<double>() {
-  return ElementType::kDouble;
-}
 
 // Queries the workspace, allocates it and runs `launch_fn(launch, workspace, bytes)`.
 template <typename LaunchFn>
