@@ -301,13 +301,6 @@ struct AddInto {  // acc[e] += A(part[e])
   TF_DCN_HD void operator()(int64_t e) const { acc[e] += A(part[e]); }
 };
 
-template <typename T, typename A>
-struct CastTo {  // out[e] = T(acc[e])
-  const A* acc;
-  T* out;
-  TF_DCN_HD void operator()(int64_t e) const { out[e] = T(acc[e]); }
-};
-
 // Output pixels per chunk: the column buffers (col, plus dcol when `backward`) within the budget,
 // and the deterministic path's entry ids within uint32.
 inline int64_t ChunkPixels(const Shape& s, int64_t elem_bytes, bool backward, int64_t max_chunk) {
@@ -372,11 +365,6 @@ inline int RunGemm(const GpuLaunch& launch, const GemmCall& call) {
   if (!launch.gemm) return kGpuNoGemm;
   return launch.gemm(launch.gemm_context, call) == 0 ? kGpuOk : kGpuGemmFailed;
 }
-
-#define TF_DCN_GPU_TRY(expr)              \
-  do {                                    \
-    if (const int e_ = (expr)) return e_; \
-  } while (0)
 
 template <typename Exec, typename T>
 int WorkspaceBytes(const DeformConv2DDims& d, const GpuLaunch& launch, bool backward,

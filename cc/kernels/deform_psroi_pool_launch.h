@@ -393,13 +393,6 @@ struct OffsetGrad {
   }
 };
 
-template <typename T, typename A>
-struct CastTo {  // out[e] = T(acc[e])
-  const A* acc;
-  T* out;
-  TF_DCN_HD void operator()(int64_t e) const { out[e] = T(acc[e]); }
-};
-
 // Pieces of the workspace. Built twice: once with base == nullptr to measure, once to carve.
 // The forward pass needs none.
 template <typename T>
@@ -442,13 +435,6 @@ struct Workspace {
     return kGpuOk;
   }
 };
-
-#ifndef TF_DCN_GPU_TRY
-#define TF_DCN_GPU_TRY(expr)              \
-  do {                                    \
-    if (const int e_ = (expr)) return e_; \
-  } while (0)
-#endif
 
 template <typename Exec, typename T>
 int WorkspaceBytes(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, bool backward,

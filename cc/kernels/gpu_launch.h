@@ -96,6 +96,20 @@ int WithGpuElementType(ElementType type, Fn fn) {
   return kGpuOk;
 }
 
+// Returns from the enclosing launcher with the first non-zero error code.
+#define TF_DCN_GPU_TRY(expr)              \
+  do {                                    \
+    if (const int e_ = (expr)) return e_; \
+  } while (0)
+
+// out[e] = T(acc[e]): the final cast of a float32 accumulator to a half type.
+template <typename T, typename A>
+struct CastTo {
+  const A* acc;
+  T* out;
+  TF_DCN_HD void operator()(int64_t e) const { out[e] = T(acc[e]); }
+};
+
 // Carves aligned pieces out of one workspace buffer. With base == nullptr it only measures.
 class WorkspaceCarver {
  public:
