@@ -8,7 +8,7 @@
 #   make test    build + the whole pytest suite
 #   make demo    build + python -m tf_dcn.demo
 #   make wheel   platform wheel in dist/ (build_pip_pkg.sh)
-#   make bench   CPU benchmarks (bench/)
+#   make bench   CPU benchmarks (bench/); make bench-gpu: GPU benchmark (needs a GPU)
 #   make bazel   the CPU op library built with Bazel instead (build/bazel/_tf_dcn_ops.so)
 
 PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
@@ -43,7 +43,7 @@ CXXFLAGS ?= -O3 -DNDEBUG
 SIMD     := -fopenmp-simd
 WARN     := -Wall -Wno-deprecated-declarations -Wno-interference-size -Wno-sign-compare -Wno-unused-function
 
-.PHONY: all venv build gpu test demo wheel bench bazel clean distclean print-sources
+.PHONY: all venv build gpu test demo wheel bench bench-gpu bazel clean distclean print-sources
 .DELETE_ON_ERROR:
 
 all: build
@@ -143,6 +143,10 @@ wheel: build
 bench: build
 	$(PY) bench/bench_conv_cpu.py
 	$(PY) bench/bench_pool_cpu.py
+
+# Needs a CUDA build of TensorFlow in the venv and a GPU (prints a note and exits 0 otherwise).
+bench-gpu: build
+	$(PY) bench/bench_conv_gpu.py
 
 bazel: $(STAMP)
 	bash tools/bazel_build.sh

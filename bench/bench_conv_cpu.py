@@ -27,12 +27,13 @@ SHAPES = {  # (N, Cin, H, W, Cout)
 }
 
 
-def _functions(n, cin, h, w, cout):
+def _functions(n, cin, h, w, cout, dtype=tf.float32):
+    """tf.functions (forward, forward+backward) of conv2d and deform_conv2d v1/v2 on one shape."""
     rng = tf.random.Generator.from_seed(0)
-    x = tf.Variable(rng.normal([n, h, w, cin]))
-    kernel = tf.Variable(rng.normal([3, 3, cin, cout]) * 0.05)
-    offsets = tf.Variable(rng.uniform([n, h, w, 18], -2.0, 2.0))
-    mask = tf.Variable(rng.uniform([n, h, w, 9], 0.0, 1.0))
+    x = tf.Variable(tf.cast(rng.normal([n, h, w, cin]), dtype))
+    kernel = tf.Variable(tf.cast(rng.normal([3, 3, cin, cout]) * 0.05, dtype))
+    offsets = tf.Variable(tf.cast(rng.uniform([n, h, w, 18], -2.0, 2.0), dtype))
+    mask = tf.Variable(tf.cast(rng.uniform([n, h, w, 9], 0.0, 1.0), dtype))
 
     @tf.function
     def conv_fwd():
