@@ -119,6 +119,13 @@ TF_DCN_HD A ConvSampleDx(const ConvSample<A>& s, const A v[4]) {
   return (A(1) - s.ly) * (v[1] - v[0]) + s.ly * (v[3] - v[2]);
 }
 
+// Element q in [0, 4) of a four-corner array, picked by comparisons: with a q known only at run
+// time, device code then keeps the array in registers instead of local memory.
+template <typename V>
+TF_DCN_HD V CornerOf(const V (&values)[4], int q) {
+  return q == 0 ? values[0] : (q == 1 ? values[1] : (q == 2 ? values[2] : values[3]));
+}
+
 // Quiet NaN without <limits> (usable on the device): 0/0 is NaN in IEEE arithmetic.
 template <typename A>
 TF_DCN_HD A QuietNaN() {

@@ -218,9 +218,10 @@ struct InputGradKeys {
     const int64_t p = p0 + pp, g = gk / s.K;
     const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
     uint64_t key = sentinel;
-    if (smp.kind == kSampleInside && smp.pixel[q] >= 0) {
+    const int64_t pixel = CornerOf(smp.pixel, q);
+    if (smp.kind == kSampleInside && pixel >= 0) {
       const int64_t n = p / (s.Ho * s.Wo);
-      key = static_cast<uint64_t>((n * s.H * s.W + smp.pixel[q]) * s.DG + g);
+      key = static_cast<uint64_t>((n * s.H * s.W + pixel) * s.DG + g);
     }
     keys[e] = key;
     values[e] = static_cast<uint32_t>(e);
@@ -255,7 +256,7 @@ struct GatherInputGrad {
       const int64_t gk = (e / 4) % (s.DG * s.K), pp = e / (4 * s.DG * s.K);
       const int64_t p = p0 + pp, k = gk % s.K;
       const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
-      A share = smp.weight[q] * A(dcol[ColIndex(s, P, pp, k, c)]);
+      A share = CornerOf(smp.weight, q) * A(dcol[ColIndex(s, P, pp, k, c)]);
       if (mask) share *= A(mask[p * s.DG * s.K + gk]);
       sum += share;
     }

@@ -267,9 +267,9 @@ struct FeatureGradKeys {
       const Bin<A> b = MakeBin<A>(s, rois, offsets, x.r, x.ph, x.pw, x.cls);
       const PoolSample<A> smp = SampleAt(s, b, sample / s.S, sample % s.S);
       if (smp.kind == kPoolKept) {
-        const int64_t pixel = b.batch * s.H * s.W + smp.pixel[q];
+        const int64_t pixel = b.batch * s.H * s.W + CornerOf(smp.pixel, q);
         key = static_cast<uint64_t>((pixel * s.K + x.cls) * s.GG + GroupCell(s, x.ph, x.pw));
-        w = smp.weight[q];
+        w = CornerOf(smp.weight, q);
       }
     }
     keys[e] = key;
