@@ -122,8 +122,8 @@ def deform_conv2d(
     Memory: the CPU kernel works on tiles of output pixels whose column buffer is about 1 MiB per
     thread; the backward pass keeps at most ``2 * threads`` float32 partials of one image's input
     gradient and of the kernel gradient. Neither grows with the batch size. The CUDA kernels
-    (CUDA library, see the README) process chunks of output pixels with column buffers under
-    128 MiB (forward) / 256 MiB (backward), plus a float32 input gradient for half types.
+    (CUDA library, see the README) process chunks of output pixels whose column buffers stay
+    under 128 MiB together, plus a float32 input gradient for half types.
     Under ``tf.config.experimental.enable_op_determinism()`` the GPU backward pass is bitwise
     reproducible (no floating-point atomics); the CPU kernels always are.
 
