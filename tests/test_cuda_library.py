@@ -33,9 +33,9 @@ needs_cuda_library = pytest.mark.skipif(
 )
 
 
-def _run_python(code: str, **env: str) -> str:
+def _run_python(code: str, cwd: Path = REPO, **env: str) -> str:
     environ = dict(os.environ, **env)
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environ,
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environ,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()[-1]
@@ -142,3 +142,33 @@ def test_library_choice(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_DCN_OPS", "gpu")
     with pytest.raises(ValueError, match="TF_DCN_OPS"):
         _loader.choose_library()
+
+
+def test_import_chooses_and_loads_one_library():
+    code = "import tf_dcn; print(tf_dcn.loaded_library())"
+    assert _run_python(code, TF_DCN_OPS="cpu") == _loader.CPU_LIBRARY
+    if CUDA_LIBRARY.exists():
+        assert _run_python(code, TF_DCN_OPS="cuda") == str(CUDA_LIBRARY)
+    # tensorflow-cpu (this venv): never the CUDA library unless forced.
+    assert _run_python(code, TF_DCN_OPS="") == _loader.CPU_LIBRARY
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                            env=dict(os.environ, TF_DCN_OPS="gpu"), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0 and "TF_DCN_OPS must be 'cpu' or 'cuda'" in result.stderr
+
+
+def test_import_without_a_built_library_defers_the_error(tmp_path):
+    shutil.copytree(REPO / "tf_dcn", tmp_path / "tf_dcn",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    code = (
+        "import numpy as np, tf_dcn\n"
+        "assert tf_dcn.loaded_library() is None\n"
+        "x = np.ones((1, 4, 4, 2)); off = np.zeros((1, 2, 2, 18)); k = np.ones((3, 3, 2, 1))\n"
+        "y = tf_dcn.composite.deform_conv2d(x, off, k)\n"
+        "try:\n"
+        "    tf_dcn.deform_conv2d(x, off, k)\n"
+        "except FileNotFoundError as err:\n"
+        "    print('deferred:', 'make build' in str(err), float(np.sum(y)))\n"
+    )
+    out = _run_python(code, cwd=tmp_path, PYTHONPATH=str(tmp_path), TF_DCN_OPS="")
+    assert out == "deferred: True 72.0"  # 2x2 outputs of 3*3*2 ones

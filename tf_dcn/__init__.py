@@ -3,15 +3,19 @@
 Custom C++ ops with registered gradients, channels-last (NHWC) like Keras:
 ``deform_conv2d`` (v1 offsets, modulated v2 with a mask), ``deform_psroi_pool`` (R-FCN) and
 ``deform_roi_pool`` (Faster R-CNN), and the Keras 3 layers in ``tf_dcn.layers``. Importing the
-package registers the layers with Keras' serialisation; the op library loads on first use (or
-through ``load_ops()``).
+package registers the layers with Keras' serialisation and loads one op library: the CUDA one
+when it was built, TensorFlow is a CUDA build and the driver supports CUDA 13, else the CPU one
+(``TF_DCN_OPS=cpu|cuda`` forces either; ``loaded_library()`` says which).
 """
 
 from tf_dcn import applications, composite, convert, layers
+from tf_dcn import _loader
 from tf_dcn._loader import load_ops, loaded_library
 from tf_dcn.deform_conv import deform_conv2d
 from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
 from tf_dcn.export import export_portable, use_implementation
+
+_loader.load_at_import()
 
 __version__ = "0.1.0"
 

@@ -92,6 +92,16 @@ def load_ops() -> ModuleType:
         return _module
 
 
+def load_at_import() -> None:
+    """Called by ``import tf_dcn``: loads the chosen library now, so the CPU/CUDA choice is made
+    once, at import time. A missing or mismatched library is not an import error (the portable
+    composite path needs none); the first op call raises it instead. A bad ``TF_DCN_OPS`` is."""
+    try:
+        load_ops()  # a bad TF_DCN_OPS raises ValueError here
+    except (FileNotFoundError, tf.errors.NotFoundError):
+        pass
+
+
 def loaded_library() -> str | None:
-    """Path of the loaded op library, or None before the first op call."""
+    """Path of the loaded op library, or None when none could be loaded."""
     return _loaded_path
