@@ -172,3 +172,27 @@ def test_import_without_a_built_library_defers_the_error(tmp_path):
     )
     out = _run_python(code, cwd=tmp_path, PYTHONPATH=str(tmp_path), TF_DCN_OPS="")
     assert out == "deferred: True 72.0"  # 2x2 outputs of 3*3*2 ones
+
+
+def _includes(path: Path) -> list[str]:
+    return [line.split('"')[1] for line in path.read_text().splitlines()
+            if line.startswith("#include \"")]
+
+
+def test_cuda_sources_include_no_tensorflow_headers():
+    """The .cu files, and every header of ours they pull in, stay free of TensorFlow, XLA and
+    Eigen (nvcc 13 and TF's headers do not mix: shared/notes/gpu-build.md)."""
+    sources = sorted((REPO / "cc" / "kernels").glob("*.cu"))
+    assert sources
+    seen, pending = set(), list(sources)
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _includes(path):
+            assert not name.startswith(("tensorflow/", "xla/", "Eigen", "unsupported/", "absl/")), \
+                f"{path.relative_to(REPO)} includes {name}"
+            if name.startswith("cc/"):
+                pending.append(REPO / name)
+    assert {p.name for p in seen} >= {"gpu_launch.h", "dcn_common.h", "cuda_exec.cuh"}
