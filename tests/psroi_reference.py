@@ -76,57 +76,20 @@ def _bilinear(plane, h, w):
             + dx * (1 - dy) * plane[y0, x1] + dx * dy * plane[y1, x1])
 
 
-def _setup(features, rois, offsets, output_dim, pooled_size, part_size):
+def _setup(features, rois, offsets, pooled_size, part_size):
     features = np.asarray(features, np.float64)
     rois = np.asarray(rois, np.float64)
     offsets = None if offsets is None else np.asarray(offsets, np.float64)
     part_size = pooled_size if part_size is None else part_size
-    num_classes = 1 if offsets is None else offsets.shape[-1] // 2
-    return features, rois, offsets, part_size, output_dim // num_classes
+    return features, rois, offsets, part_size
 
 
-def deform_psroi_pool_ref(features, rois, offsets=None, *, output_dim, group_size, pooled_size=None,
-                          part_size=None, sample_per_part=4, trans_std=0.1, spatial_scale=1.0):
-    """Forward pass; returns (output [R, P, P, output_dim], count [R, P, P, output_dim])."""
-    pooled_size = group_size if pooled_size is None else pooled_size
-    features, rois, offsets, part_size, per_class = _setup(
-        features, rois, offsets, output_dim, pooled_size, part_size)
+def _bins(features, rois, offsets, *, output_dim, group_size, pooled_size, part_size,
+          sample_per_part, trans_std, spatial_scale):
+    """Every (RoI, output channel, bin) in order, with what both passes need: yields
+    (n, b, ctop, cls, ph, pw, c, geo, kept, part_h, part_w); c is the pooled feature channel."""
     _, height, width, _ = features.shape
-    num_rois = rois.shape[0]
-    out = np.zeros([num_rois, pooled_size, pooled_size, output_dim])
-    count = np.zeros([num_rois, pooled_size, pooled_size, output_dim], np.int64)
-    for n in range(num_rois):
-        b = int(rois[n, 0])
-        geo = _roi_geometry(rois[n], spatial_scale, pooled_size, sample_per_part)
-        for ctop in range(output_dim):
-            cls = ctop // per_class
-            for ph in range(pooled_size):
-                for pw in range(pooled_size):
-                    gh = min(max((ph * group_size) // pooled_size, 0), group_size - 1)
-                    gw = min(max((pw * group_size) // pooled_size, 0), group_size - 1)
-                    c = (ctop * group_size + gh) * group_size + gw
-                    kept, _, _ = _bin_samples(
-                        geo, offsets, n, ph, pw, cls, height, width, pooled_size=pooled_size,
-                        part_size=part_size, sample_per_part=sample_per_part, trans_std=trans_std)
-                    total = 0.0
-                    for h, w in kept:
-                        total += _bilinear(features[b, :, :, c], h, w)
-                    count[n, ph, pw, ctop] = len(kept)
-                    out[n, ph, pw, ctop] = total / len(kept) if kept else 0.0
-    return out, count
-
-
-def deform_psroi_pool_grad_ref(features, rois, offsets, grad_output, *, output_dim, group_size,
-                               pooled_size=None, part_size=None, sample_per_part=4, trans_std=0.1,
-                               spatial_scale=1.0):
-    """Backward pass; returns (grad_features, grad_offsets or None)."""
-    pooled_size = group_size if pooled_size is None else pooled_size
-    features, rois, offsets, part_size, per_class = _setup(
-        features, rois, offsets, output_dim, pooled_size, part_size)
-    grad_output = np.asarray(grad_output, np.float64)
-    _, height, width, _ = features.shape
-    grad_features = np.zeros_like(features)
-    grad_offsets = None if offsets is None else np.zeros_like(offsets)
+    per_class = output_dim // (1 if offsets is None else offsets.shape[-1] // 2)
     for n in range(rois.shape[0]):
         b = int(rois[n, 0])
         geo = _roi_geometry(rois[n], spatial_scale, pooled_size, sample_per_part)
@@ -140,24 +103,58 @@ def deform_psroi_pool_grad_ref(features, rois, offsets, grad_output, *, output_d
                     kept, part_h, part_w = _bin_samples(
                         geo, offsets, n, ph, pw, cls, height, width, pooled_size=pooled_size,
                         part_size=part_size, sample_per_part=sample_per_part, trans_std=trans_std)
-                    if not kept:
-                        continue
-                    g = grad_output[n, ph, pw, ctop] / len(kept)
-                    plane = features[b, :, :, c]
-                    for h, w in kept:
-                        y0, y1, x0, x1, dx, dy = _corners(h, w)
-                        grad_features[b, y0, x0, c] += (1 - dx) * (1 - dy) * g
-                        grad_features[b, y1, x0, c] += (1 - dx) * dy * g
-                        grad_features[b, y0, x1, c] += dx * (1 - dy) * g
-                        grad_features[b, y1, x1, c] += dx * dy * g
-                        if offsets is None:
-                            continue
-                        u00, u01 = plane[y0, x0], plane[y1, x0]
-                        u10, u11 = plane[y0, x1], plane[y1, x1]
-                        diff_x = (u11 * dy + u10 * (1 - dy) - u01 * dy - u00 * (1 - dy))
-                        diff_y = (u11 * dx + u01 * (1 - dx) - u10 * dx - u00 * (1 - dx))
-                        grad_offsets[n, part_h, part_w, 2 * cls] += (
-                            diff_x * trans_std * geo["roi_w"] * g)
-                        grad_offsets[n, part_h, part_w, 2 * cls + 1] += (
-                            diff_y * trans_std * geo["roi_h"] * g)
+                    yield n, b, ctop, cls, ph, pw, c, geo, kept, part_h, part_w
+
+
+def deform_psroi_pool_ref(features, rois, offsets=None, *, output_dim, group_size, pooled_size=None,
+                          part_size=None, sample_per_part=4, trans_std=0.1, spatial_scale=1.0):
+    """Forward pass; returns (output [R, P, P, output_dim], count [R, P, P, output_dim])."""
+    pooled_size = group_size if pooled_size is None else pooled_size
+    features, rois, offsets, part_size = _setup(features, rois, offsets, pooled_size, part_size)
+    num_rois = rois.shape[0]
+    out = np.zeros([num_rois, pooled_size, pooled_size, output_dim])
+    count = np.zeros([num_rois, pooled_size, pooled_size, output_dim], np.int64)
+    for n, b, ctop, _, ph, pw, c, _, kept, _, _ in _bins(
+            features, rois, offsets, output_dim=output_dim, group_size=group_size,
+            pooled_size=pooled_size, part_size=part_size, sample_per_part=sample_per_part,
+            trans_std=trans_std, spatial_scale=spatial_scale):
+        total = 0.0
+        for h, w in kept:
+            total += _bilinear(features[b, :, :, c], h, w)
+        count[n, ph, pw, ctop] = len(kept)
+        out[n, ph, pw, ctop] = total / len(kept) if kept else 0.0
+    return out, count
+
+
+def deform_psroi_pool_grad_ref(features, rois, offsets, grad_output, *, output_dim, group_size,
+                               pooled_size=None, part_size=None, sample_per_part=4, trans_std=0.1,
+                               spatial_scale=1.0):
+    """Backward pass; returns (grad_features, grad_offsets or None)."""
+    pooled_size = group_size if pooled_size is None else pooled_size
+    features, rois, offsets, part_size = _setup(features, rois, offsets, pooled_size, part_size)
+    grad_output = np.asarray(grad_output, np.float64)
+    grad_features = np.zeros_like(features)
+    grad_offsets = None if offsets is None else np.zeros_like(offsets)
+    for n, b, ctop, cls, ph, pw, c, geo, kept, part_h, part_w in _bins(
+            features, rois, offsets, output_dim=output_dim, group_size=group_size,
+            pooled_size=pooled_size, part_size=part_size, sample_per_part=sample_per_part,
+            trans_std=trans_std, spatial_scale=spatial_scale):
+        if not kept:
+            continue
+        g = grad_output[n, ph, pw, ctop] / len(kept)
+        plane = features[b, :, :, c]
+        for h, w in kept:
+            y0, y1, x0, x1, dx, dy = _corners(h, w)
+            grad_features[b, y0, x0, c] += (1 - dx) * (1 - dy) * g
+            grad_features[b, y1, x0, c] += (1 - dx) * dy * g
+            grad_features[b, y0, x1, c] += dx * (1 - dy) * g
+            grad_features[b, y1, x1, c] += dx * dy * g
+            if offsets is None:
+                continue
+            u00, u01 = plane[y0, x0], plane[y1, x0]
+            u10, u11 = plane[y0, x1], plane[y1, x1]
+            diff_x = (u11 * dy + u10 * (1 - dy) - u01 * dy - u00 * (1 - dy))
+            diff_y = (u11 * dx + u01 * (1 - dx) - u10 * dx - u00 * (1 - dx))
+            grad_offsets[n, part_h, part_w, 2 * cls] += diff_x * trans_std * geo["roi_w"] * g
+            grad_offsets[n, part_h, part_w, 2 * cls + 1] += diff_y * trans_std * geo["roi_h"] * g
     return grad_features, grad_offsets
