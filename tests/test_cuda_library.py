@@ -14,11 +14,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fresh_process import run_python
 from tf_dcn import _loader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,11 +34,8 @@ needs_cuda_library = pytest.mark.skipif(
 
 
 def _run_python(code: str, cwd: Path = REPO, **env: str) -> str:
-    environ = dict(os.environ, **env)
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environ,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip().splitlines()[-1]
+    """Last line printed by `code` in a fresh interpreter (with `env` overrides)."""
+    return run_python(code, cwd, env=env, timeout=300).stdout.strip().splitlines()[-1]
 
 
 @needs_cuda_library
@@ -151,9 +148,7 @@ def test_import_chooses_and_loads_one_library():
         assert _run_python(code, TF_DCN_OPS="cuda") == str(CUDA_LIBRARY)
     # tensorflow-cpu (this venv): never the CUDA library unless forced.
     assert _run_python(code, TF_DCN_OPS="") == _loader.CPU_LIBRARY
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
-                            env=dict(os.environ, TF_DCN_OPS="gpu"), capture_output=True,
-                            text=True, timeout=300)
+    result = run_python(code, REPO, env={"TF_DCN_OPS": "gpu"}, check=False, timeout=300)
     assert result.returncode != 0 and "TF_DCN_OPS must be 'cpu' or 'cuda'" in result.stderr
 
 

@@ -3,10 +3,6 @@ importing tf_dcn, and that TFLite converts with builtin ops only."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import keras
@@ -15,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tf_dcn
+from tests.fresh_process import run_python
 from tests.test_saving import build_model, sample_inputs
 from tf_dcn.export import find_tf_dcn_ops
 from tf_dcn.layers import DeformableConv2D, DeformablePSRoIPooling, DeformableRoIPooling
@@ -26,12 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is depreca
 def _run_without_tf_dcn(code: str, cwd: Path) -> str:
     """Runs code in a fresh interpreter that cannot import tf_dcn (the repository is not on its
     path and the working directory is elsewhere)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_python(code, cwd, env={"PYTHONPATH": None}).stdout
 
 
 def _dcn_layers(model):

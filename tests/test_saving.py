@@ -3,10 +3,6 @@ tf.distribute for the three layers."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import keras
@@ -14,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.fresh_process import run_python
 from tf_dcn.layers import DeformableConv2D, DeformablePSRoIPooling, DeformableRoIPooling
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +50,7 @@ def sample_inputs():
 
 
 def _run(code: str, cwd: Path) -> str:
-    env = {k: v for k, v in os.environ.items()}
-    env["PYTHONPATH"] = str(REPO)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_python(code, cwd, env={"PYTHONPATH": str(REPO)}).stdout
 
 
 def test_keras_file_round_trip_in_fresh_process(tmp_path):
