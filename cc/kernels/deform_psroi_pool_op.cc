@@ -216,6 +216,18 @@ absl::Status OutputShape(const DeformPSRoIPoolDims& d, TensorShape* shape) {
                                        shape);
 }
 
+// The validation shared by the forward and the gradient op: every input (inputs 0-2 are
+// features, rois, offsets in both), the batch indices of rois on any device, the output shape.
+template <typename Device, typename TR>
+absl::Status PrepareDeformPSRoIPool(OpKernelContext* ctx, const DeformPSRoIPoolAttrs& attrs,
+                                    const char* op_name, DeformPSRoIPoolDims* d,
+                                    TensorShape* out_shape) {
+  TF_RETURN_IF_ERROR(
+      ComputeDeformPSRoIPoolDims(attrs, ctx->input(0), ctx->input(1), ctx->input(2), d));
+  TF_RETURN_IF_ERROR((ValidateRois<Device, TR>(ctx, ctx->input(1), d->batch, op_name)));
+  return OutputShape(*d, out_shape);
+}
+
 }  // namespace
 
 template <typename Device, typename T, typename TR>
@@ -230,11 +242,9 @@ class DeformPSRoIPoolOp : public OpKernel {
     const Tensor& rois = ctx->input(1);
     const Tensor& offsets = ctx->input(2);
     DeformPSRoIPoolDims d;
-    OP_REQUIRES_OK(ctx, ComputeDeformPSRoIPoolDims(attrs_, features, rois, offsets, &d));
-    OP_REQUIRES_OK(ctx,
-                   (ValidateRois<Device, TR>(ctx, rois, d.batch, "TfDcn>DeformablePSRoIPool")));
     TensorShape out_shape;
-    OP_REQUIRES_OK(ctx, OutputShape(d, &out_shape));
+    OP_REQUIRES_OK(ctx, (PrepareDeformPSRoIPool<Device, TR>(
+                            ctx, attrs_, "TfDcn>DeformablePSRoIPool", &d, &out_shape)));
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &output));
     if (output->NumElements() == 0) return;
@@ -260,11 +270,9 @@ class DeformPSRoIPoolGradOp : public OpKernel {
     const Tensor& offsets = ctx->input(2);
     const Tensor& grad_output = ctx->input(3);
     DeformPSRoIPoolDims d;
-    OP_REQUIRES_OK(ctx, ComputeDeformPSRoIPoolDims(attrs_, features, rois, offsets, &d));
-    OP_REQUIRES_OK(ctx,
-                   (ValidateRois<Device, TR>(ctx, rois, d.batch, "TfDcn>DeformablePSRoIPoolGrad")));
     TensorShape out_shape;
-    OP_REQUIRES_OK(ctx, OutputShape(d, &out_shape));
+    OP_REQUIRES_OK(ctx, (PrepareDeformPSRoIPool<Device, TR>(
+                            ctx, attrs_, "TfDcn>DeformablePSRoIPoolGrad", &d, &out_shape)));
     OP_REQUIRES(ctx, grad_output.shape() == out_shape,
                 absl::InvalidArgumentError(absl::StrCat(
                     "grad_output: expected shape ", out_shape.DebugString(),
