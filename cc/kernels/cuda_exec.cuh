@@ -19,7 +19,6 @@ __global__ void ForEachKernel(F f, int64_t n) {
 }
 
 struct CudaExec {
-  static constexpr bool kOnDevice = true;
   static constexpr int kThreads = 256;
 
   explicit CudaExec(const GpuLaunch& launch) : stream(static_cast<cudaStream_t>(launch.stream)) {}
@@ -70,13 +69,6 @@ struct CudaExec {
     size_t size = static_cast<size_t>(temp_bytes);
     return cub::DeviceRadixSort::SortPairs(temp, size, keys_in, keys_out, values_in, values_out, n,
                                            0, end_bit, stream);
-  }
-  int CopyToHost(void* host, const void* device, int64_t bytes) {
-    if (bytes <= 0) return kGpuOk;
-    cudaError_t e =
-        cudaMemcpyAsync(host, device, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-    return e;
   }
 
  private:

@@ -324,7 +324,7 @@ struct Workspace {
   uint64_t *keys_in = nullptr, *keys_out = nullptr;
   uint32_t *values_in = nullptr, *values_out = nullptr;
   void* sort_temp = nullptr;
-  int64_t sort_temp_bytes = 0, bytes = 0, P = 0, entries = 0, bias_blocks = 0;
+  int64_t sort_temp_bytes = 0, bytes = 0, P = 0, bias_blocks = 0;
   int key_bits = 1;
   uint64_t sentinel = 0;
 
@@ -346,7 +346,7 @@ struct Workspace {
       bias_blocks = (s.total + kBiasRowsPerBlock - 1) / kBiasRowsPerBlock;
       bias_part = carve.Take<A>(bias_blocks * s.Cout);
       if (deterministic) {
-        entries = P * s.DG * s.K * 4;
+        const int64_t entries = P * s.DG * s.K * 4;
         sentinel = static_cast<uint64_t>(s.N * s.H * s.W * s.DG);
         key_bits = KeyBits(sentinel);
         keys_in = carve.Take<uint64_t>(entries);

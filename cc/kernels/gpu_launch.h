@@ -13,8 +13,7 @@
 //                       int64_t n, int end_bit)
 //       stable ascending sort on the low end_bit bits of the keys (cub radix sort on the device,
 //       std::stable_sort on the host).
-//   int Exec::CopyToHost(void* host, const void* device, int64_t bytes)   (synchronous)
-// Every call returns 0 or an error code (below). Exec::kOnDevice tells device from host.
+// Every call returns 0 or an error code (below).
 // Matrix products go through a caller-supplied GemmFn (TensorFlow's BLAS in the op, cuBLAS in
 // tests/gpu, a plain loop in the emulation), so the .cu files need no BLAS library.
 #ifndef TF_DCN_CC_KERNELS_GPU_LAUNCH_H_

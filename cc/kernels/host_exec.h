@@ -16,8 +16,6 @@
 namespace tf_dcn {
 
 struct HostExec {
-  static constexpr bool kOnDevice = false;
-
   explicit HostExec(const GpuLaunch&) {}
 
   template <typename F>
@@ -49,10 +47,6 @@ struct HostExec {
     }
     std::copy(keys.begin(), keys.end(), keys_out);
     std::copy(values.begin(), values.end(), values_out);
-    return kGpuOk;
-  }
-  int CopyToHost(void* host, const void* device, int64_t bytes) {
-    if (bytes > 0) std::memcpy(host, device, bytes);
     return kGpuOk;
   }
 };
