@@ -1,4 +1,4 @@
-"""Slow, obvious float64 NumPy reference of the deformable convolution (semantics.md section 1).
+"""Slow, obvious float64 NumPy reference of deformable convolution (docs/semantics.md section 1).
 
 Written independently of the C++ kernels: per-sample Python loops, explicit corner checks.
 """

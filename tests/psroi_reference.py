@@ -1,4 +1,4 @@
-"""Slow, obvious float64 reference of deformable (PS-)RoI pooling (semantics.md section 2).
+"""Slow, obvious float64 reference of deformable (PS-)RoI pooling (docs/semantics.md section 2).
 
 Plain Python loops over RoIs, output channels, bins and samples, written from the pseudo-code,
 NHWC. Used only by the tests. Box coordinates must be finite and batch indices valid (the

@@ -176,7 +176,7 @@ def _includes(path: Path) -> list[str]:
 
 def test_cuda_sources_include_no_tensorflow_headers():
     """The .cu files, and every header of ours they pull in, stay free of TensorFlow, XLA and
-    Eigen (nvcc 13 and TF's headers do not mix: shared/notes/gpu-build.md)."""
+    Eigen (nvcc 13 and TF's headers do not mix: docs/gpu-build.md)."""
     sources = sorted((REPO / "cc" / "kernels").glob("*.cu"))
     assert sources
     seen, pending = set(), list(sources)

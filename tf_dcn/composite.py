@@ -1,7 +1,7 @@
 """Portable composite implementations of tf-dcn's ops in plain TensorFlow (no custom op).
 
 ``deform_conv2d``, ``deform_psroi_pool`` and ``deform_roi_pool`` here have the signatures, the
-argument checks and the semantics (``notes/semantics.md`` sections 1 and 2) of the custom-op
+argument checks and the semantics (``docs/semantics.md`` sections 1 and 2) of the custom-op
 wrappers in :mod:`tf_dcn`, but are built from ordinary TensorFlow ops only: ``gather`` with int32
 indices, ``floor``, comparisons, ``where``/select, ``pad``, ``concat``, ``reshape``/``transpose``
 and matrix products. A graph that uses them therefore

@@ -54,7 +54,7 @@ def use_implementation(model: keras.layers.Layer, implementation: str) -> int:
     """Switches every tf-dcn layer in ``model`` to ``implementation``, in place.
 
     The weights are untouched: ``"op"`` and ``"composite"`` compute the same function
-    (semantics.md), so a model trained with the custom ops can be exported, XLA-compiled or
+    (docs/semantics.md), so a model trained with the custom ops can be exported, XLA-compiled or
     converted to TFLite with the composite, and switched back.
 
     Keras caches compiled train/test/predict functions; they are dropped so that the next

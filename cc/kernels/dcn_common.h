@@ -27,7 +27,7 @@ struct AccumulatorType<double> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Deformable convolution sampling (semantics.md section 1, torchvision's border rule).
+// Deformable convolution sampling (docs/semantics.md section 1, torchvision's border rule).
 // ---------------------------------------------------------------------------------------------
 
 enum SampleKind : int {
@@ -134,7 +134,7 @@ TF_DCN_HD A QuietNaN() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Deformable (PS-)RoI pooling sampling (semantics.md section 2, MSRA's rule).
+// Deformable (PS-)RoI pooling sampling (docs/semantics.md section 2, MSRA's rule).
 // ---------------------------------------------------------------------------------------------
 
 // True for finite values (false for NaN and +-Inf): Inf - Inf and NaN - NaN are NaN.

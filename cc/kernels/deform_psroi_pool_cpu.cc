@@ -1,4 +1,4 @@
-// CPU kernels of the deformable (PS-)RoI pooling (semantics.md section 2).
+// CPU kernels of the deformable (PS-)RoI pooling (docs/semantics.md section 2).
 //
 // Forward: the work units are the output bins (RoI, ph, pw), spread over TensorFlow's intra-op
 // thread pool. A unit walks the samples of its bin once per offset class and pools every output

@@ -1,6 +1,7 @@
-// The GPU algorithm of the deformable (PS-)RoI pooling (semantics.md section 2), written once over
-// an executor (gpu_launch.h): CudaExec runs it on the device (deform_psroi_pool_gpu.cu), HostExec
-// runs the very same code on the CPU for the test suite. No TensorFlow and no CUDA headers.
+// The GPU algorithm of the deformable (PS-)RoI pooling (docs/semantics.md section 2), written
+// once over an executor (gpu_launch.h): CudaExec runs it on the device (deform_psroi_pool_gpu.cu),
+// HostExec runs the very same code on the CPU for the test suite. No TensorFlow and no CUDA
+// headers.
 //
 // A "unit" is one bin of one RoI for one offset class, u = ((r*P + ph)*P + pw)*K + cls; all of
 // its output channels share the same samples.

@@ -8,7 +8,7 @@ namespace tf_dcn {
 // Element type of every floating-point tensor of one op call.
 enum class ElementType { kHalf, kBFloat16, kFloat, kDouble };
 
-// Deformable convolution, NHWC (semantics.md section 1). Pointers are host memory for the CPU
+// Deformable convolution, NHWC (docs/semantics.md section 1). Pointers are host memory for the CPU
 // kernels and device memory for the CUDA launchers.
 struct DeformConv2DForwardArgs {
   const void* input;    // [N, H, W, C]
