@@ -7,7 +7,8 @@
 #   make gpu     venv + CUDA op library; fails without nvcc
 #   make test    build + the whole pytest suite
 #   make demo    build + python -m tf_dcn.demo
-#   make wheel   platform wheel in dist/ (build_pip_pkg.sh)
+#   make wheel   manylinux wheel in dist/ (build_pip_pkg.sh; DIST=dir elsewhere, CUDA=0 without the
+#                CUDA library)
 #   make bench   CPU benchmarks (bench/); make bench-gpu: GPU benchmark (needs a GPU)
 #   make bazel   the CPU op library built with Bazel instead (build/bazel/_tf_dcn_ops.so)
 
@@ -18,6 +19,10 @@ STAMP       := $(VENV)/.requirements-installed
 BUILD       := build
 OPS_LIB     := tf_dcn/_tf_dcn_ops.so
 CUDA_LIB    := tf_dcn/_tf_dcn_ops_cuda.so
+BUILD_INFO  := tf_dcn/_build_info.py
+DIST        ?= dist
+# The newest glibc the libraries may need: TensorFlow 2.21's own wheels are manylinux_2_27.
+GLIBC_FLOOR := 2.27
 EMU_LIB     := $(BUILD)/emulation/libtfdcn_emulation.so
 
 # Every C++ source of the CPU op library (the Bazel BUILD file is checked against this list).
@@ -74,6 +79,13 @@ $(BUILD)/%.o: %.cc $(HEADERS) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $(SIMD) $(ISA_FLAGS) $(WARN) -fPIC -I. $(TF_CFLAGS) -c $< -o $@
 
+# The TensorFlow version the libraries were compiled against, read by `import tf_dcn` (which
+# refuses another minor version with a clear error) and by setup.py (the extras' pins).
+$(BUILD_INFO): $(STAMP)
+	$(PY) -c "import tensorflow as tf; print('\"\"\"Written by make build: what the op libraries ' \
+'were compiled against.\"\"\"\n\nTENSORFLOW_VERSION = ' + repr(tf.__version__))" 2>/dev/null > $@.tmp
+	@mv $@.tmp $@
+
 # Linked to a temporary name and renamed, so a process that has the old library mapped keeps it.
 $(OPS_LIB): $(OBJS)
 	$(CXX) -shared $(OBJS) -o $@.tmp $(TF_LFLAGS) -Wl,-z,defs -Wl,-O1
@@ -83,7 +95,10 @@ $(OPS_LIB): $(OBJS)
 # The .cu launchers include no TensorFlow headers (nvcc); the op shims are compiled again by g++
 # with TF_DCN_WITH_CUDA, which adds the DEVICE_GPU registrations and the GPU functors
 # (cc/kernels/gpu/). The CUDA 13 runtime is linked statically and hidden, before TensorFlow's
-# libraries (see shared/notes/gpu-build.md), so the library depends only on libtensorflow_framework.
+# libraries (see docs/gpu-build.md), so the library depends only on libtensorflow_framework. Its
+# glibc references (in the .cu objects and a private copy of libcudart_static.a) are pinned to
+# versions no newer than GLIBC_FLOOR (tools/glibc_compat.py), so the wheel stays manylinux_2_27.
+GLIBC_COMPAT = $(PY) tools/glibc_compat.py --floor $(GLIBC_FLOOR) --libc "$$($(CXX) -print-file-name=libc.so.6)"
 NVCC       ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA       ?= $(if $(NVCC),1,0)
 CUDA_HOME  ?= $(if $(NVCC),$(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ TOP=//p'))
@@ -106,18 +121,24 @@ CUDA_OBJS := $(foreach s,$(filter-out $(lastword $(OPS_SRCS)),$(OPS_SRCS)),\
 	$(patsubst %.cu,$(BUILD)/cuda/%.cu.o,$(CU_SRCS)) \
 	$(BUILD)/$(patsubst %.cc,%.o,$(lastword $(OPS_SRCS)))
 
-$(BUILD)/cuda/%.cu.o: %.cu $(HEADERS) $(wildcard cc/kernels/*.cuh)
+$(BUILD)/cuda/%.cu.o: %.cu $(HEADERS) $(wildcard cc/kernels/*.cuh) tools/glibc_compat.py | $(STAMP)
 	@test -n "$(NVCC)" || { echo "nvcc not found: install the CUDA 13 toolkit or build with CUDA=0"; exit 1; }
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_ALL_FLAGS) -c $< -o $@
+	$(GLIBC_COMPAT) $@ $@
 
 $(BUILD)/cuda/%.o: %.cc $(HEADERS) $(wildcard cc/kernels/gpu/*.h) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $(SIMD) $(WARN) -fPIC -I. $(TF_CFLAGS) -DGOOGLE_CUDA=1 -DTF_DCN_WITH_CUDA=1 -c $< -o $@
 
-$(CUDA_LIB): $(CUDA_OBJS)
+CUDART_COMPAT := $(BUILD)/cuda/libcudart_static_glibc$(GLIBC_FLOOR).a
+$(CUDART_COMPAT): $(CUDART_STATIC) tools/glibc_compat.py | $(STAMP)
 	@test -n "$(CUDART_STATIC)" || { echo "libcudart_static.a not found under CUDA_HOME=$(CUDA_HOME)"; exit 1; }
-	$(CXX) -shared $(CUDA_OBJS) $(CUDART_STATIC) -ldl -lpthread -lrt -Wl,--exclude-libs,ALL \
+	@mkdir -p $(dir $@)
+	$(GLIBC_COMPAT) $(CUDART_STATIC) $@
+
+$(CUDA_LIB): $(CUDA_OBJS) $(CUDART_COMPAT)
+	$(CXX) -shared $(CUDA_OBJS) $(CUDART_COMPAT) -ldl -lpthread -lrt -Wl,--exclude-libs,ALL \
 		-o $@.tmp $(TF_LFLAGS) -Wl,-z,defs -Wl,-O1
 	mv -f $@.tmp $@
 
@@ -129,7 +150,7 @@ $(EMU_LIB): tests/gpu/capi.cc tests/gpu/capi.h tests/gpu/host_gemm.h $(HEADERS) 
 	$(CXX) -O2 -std=c++17 $(WARN) -fPIC -shared -DTF_DCN_CAPI_EMULATION -I. $(TF_CFLAGS) $< -o $@.tmp
 	mv -f $@.tmp $@
 
-build: $(STAMP) $(OPS_LIB) $(EMU_LIB) $(if $(filter 1,$(CUDA)),$(CUDA_LIB))
+build: $(STAMP) $(BUILD_INFO) $(OPS_LIB) $(EMU_LIB) $(if $(filter 1,$(CUDA)),$(CUDA_LIB))
 
 test: build
 	$(PY) -m pytest -q tests
@@ -137,8 +158,9 @@ test: build
 demo: build
 	$(PY) -m tf_dcn.demo
 
+# The script cds into a staging folder: hand it absolute paths.
 wheel: build
-	PYTHON=$(PY) bash build_pip_pkg.sh
+	PYTHON=$(abspath $(PY)) CUDA=$(CUDA) bash build_pip_pkg.sh $(abspath $(DIST))
 
 bench: build
 	$(PY) bench/bench_conv_cpu.py
@@ -155,7 +177,7 @@ print-sources:
 	@echo $(OPS_SRCS)
 
 clean:
-	rm -rf $(BUILD) $(OPS_LIB) $(CUDA_LIB) dist *.egg-info
+	rm -rf $(BUILD) $(OPS_LIB) $(CUDA_LIB) $(BUILD_INFO) dist *.egg-info
 
 distclean: clean
 	rm -rf $(VENV)

@@ -8,12 +8,17 @@ when it was built, TensorFlow is a CUDA build and the driver supports CUDA 13, e
 (``TF_DCN_OPS=cpu|cuda`` forces either; ``loaded_library()`` says which).
 """
 
-from tf_dcn import applications, composite, convert, layers
-from tf_dcn import _loader
-from tf_dcn._loader import load_ops, loaded_library
-from tf_dcn.deform_conv import deform_conv2d
-from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
-from tf_dcn.export import export_portable, use_implementation
+from tf_dcn import _environment
+
+# First, so that a missing or mismatched TensorFlow fails with install advice, not a traceback.
+_environment.check_tensorflow_and_keras()
+
+from tf_dcn import applications, composite, convert, layers  # noqa: E402
+from tf_dcn import _loader  # noqa: E402
+from tf_dcn._loader import load_ops, loaded_library  # noqa: E402
+from tf_dcn.deform_conv import deform_conv2d  # noqa: E402
+from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool  # noqa: E402
+from tf_dcn.export import export_portable, use_implementation  # noqa: E402
 
 _loader.load_at_import()
 
