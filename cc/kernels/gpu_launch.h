@@ -1,6 +1,6 @@
 // What every GPU launcher shares, with no TensorFlow and no CUDA headers, so that it is compiled
 // by nvcc (the CUDA launchers), by g++ (the TensorFlow shims) and by the host emulation that runs
-// the launchers' exact code on the CPU in the test suite (tests/test_gpu_emulation.py).
+// the launchers' exact code on the CPU in the test suite (tests/test_gpu_emulation_*.py).
 //
 // A launcher is written once as a template over an *executor* `Exec`:
 //   template <class F> int Exec::ForEach(int64_t n, const F& f)

@@ -6,7 +6,7 @@
  *     torchvision on CUDA;
  *   - everywhere by `make build` (g++, TF_DCN_CAPI_EMULATION): the *same launcher code* run by
  *     the host executor with host pointers and a plain-loop GEMM; driven by
- *     tests/test_gpu_emulation.py against the NumPy references.
+ *     tests/test_gpu_emulation_{conv,pool}.py against the NumPy references.
  *
  * type: 0 float16, 1 bfloat16, 2 float32, 3 float64 (tf_dcn::ElementType).
  * conv dims (19 int64): N, H, W, C, Ho, Wo, Cout, kh, kw, stride_h, stride_w, dilation_h,
