@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+# ConvDims and PoolDims (the C API's dims structs) are re-exported for the tests.
+from tests.gpu.capi_dims import ConvDims, PoolDims, check_layout  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = Path(os.environ.get("TF_DCN_EMULATION_LIB",
                               REPO / "build" / "emulation" / "libtfdcn_emulation.so"))
@@ -23,6 +26,18 @@ TYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 
 _lib = None
 
+_I, _VP, _I64 = ctypes.c_int, ctypes.c_void_p, ctypes.c_int64
+_I64P = _VP  # an int64_t* out-parameter: ptr(np.zeros(1, np.int64)) or ctypes.byref(c_int64)
+_CONV, _POOL = ctypes.POINTER(ConvDims), ctypes.POINTER(PoolDims)
+_SIGNATURES = {  # see tests/gpu/capi.h; all return int
+    "tfdcn_conv_workspace_bytes": [_I, _CONV, _I, _I, _I64P],
+    "tfdcn_conv_forward": [_I, _CONV, _I, _VP] + [_VP] * 7 + [_I64],
+    "tfdcn_conv_backward": [_I, _CONV, _I, _VP] + [_VP] * 11 + [_I64],
+    "tfdcn_pool_workspace_bytes": [_I, _I, _POOL, _I, _I, _I64P],
+    "tfdcn_pool_forward": [_I, _I, _POOL, _I, _VP] + [_VP] * 5 + [_I64],
+    "tfdcn_pool_backward": [_I, _I, _POOL, _I, _VP] + [_VP] * 7 + [_I64],
+}
+
 
 def library() -> ctypes.CDLL:
     global _lib
@@ -31,6 +46,10 @@ def library() -> ctypes.CDLL:
             raise FileNotFoundError(f"{LIBRARY} is missing: run `make build`")
         _lib = ctypes.CDLL(str(LIBRARY))
         _lib.tfdcn_error_string.restype = ctypes.c_char_p
+        check_layout(_lib)
+        for name, argtypes in _SIGNATURES.items():
+            getattr(_lib, name).argtypes = argtypes
+            getattr(_lib, name).restype = ctypes.c_int
     return _lib
 
 
@@ -40,11 +59,6 @@ def ptr(array: np.ndarray | None) -> ctypes.c_void_p:
         return ctypes.c_void_p(0)
     assert array.flags["C_CONTIGUOUS"]
     return ctypes.c_void_p(array.ctypes.data)
-
-
-def int64_array(values) -> ctypes.Array:
-    values = [int(v) for v in values]
-    return (ctypes.c_int64 * len(values))(*values)
 
 
 def check(code: int) -> None:

@@ -18,18 +18,22 @@ import tensorflow as tf
 
 import tf_dcn
 from tests import conv_reference
-from tests.gpu_emulation import (TYPE_CODES, check, from_storage, int64_array, library, ptr,
+from tests.gpu_emulation import (TYPE_CODES, ConvDims, check, from_storage, library, ptr,
                                  to_storage, workspace)
 
 RNG = np.random.default_rng(7)
 
 
-def _dims(x_shape, kernel_shape, offsets_shape, strides, dilation, pads, groups, dg, mask, bias):
+def _dims(x_shape, kernel_shape, offsets_shape, strides, dilation, pads, groups, dg, mask,
+          bias) -> ConvDims:
     n, h, w, c = x_shape
     kh, kw, _, cout = kernel_shape
     _, ho, wo, _ = offsets_shape
-    return [n, h, w, c, ho, wo, cout, kh, kw, strides[0], strides[1], dilation[0], dilation[1],
-            pads[0][0], pads[1][0], groups, dg, int(mask), int(bias)]
+    return ConvDims(batch=n, in_h=h, in_w=w, in_c=c, out_h=ho, out_w=wo, out_c=cout,
+                    kernel_h=kh, kernel_w=kw, stride_h=strides[0], stride_w=strides[1],
+                    dilation_h=dilation[0], dilation_w=dilation[1], pad_top=pads[0][0],
+                    pad_left=pads[1][0], groups=groups, deformable_groups=dg, use_mask=mask,
+                    use_bias=bias)
 
 
 class Case:
@@ -87,7 +91,7 @@ def _gradients(tape, loss, tensors):
 def emulated_forward(case: Case, dtype="float64", deterministic=False):
     lib = library()
     code = TYPE_CODES[dtype]
-    dims = int64_array(case.dims)
+    dims = ctypes.byref(case.dims)
     st = {name: None if value is None else to_storage(value, dtype)
           for name, value in [("x", case.x), ("offsets", case.offsets), ("mask", case.mask),
                               ("kernel", case.kernel), ("bias", case.bias)]}
@@ -104,7 +108,7 @@ def emulated_forward(case: Case, dtype="float64", deterministic=False):
 def emulated_backward(case: Case, dtype="float64", deterministic=False):
     lib = library()
     code = TYPE_CODES[dtype]
-    dims = int64_array(case.dims)
+    dims = ctypes.byref(case.dims)
     st = {name: None if value is None else to_storage(value, dtype)
           for name, value in [("x", case.x), ("offsets", case.offsets), ("mask", case.mask),
                               ("kernel", case.kernel), ("bias", case.bias),
@@ -241,7 +245,7 @@ def test_empty_batch_and_zero_output_channels():
 def test_too_small_workspace_is_an_error():
     case = Case()
     lib = library()
-    dims = int64_array(case.dims)
+    dims = ctypes.byref(case.dims)
     nbytes = np.zeros(1, np.int64)
     check(lib.tfdcn_conv_workspace_bytes(TYPE_CODES["float64"], dims, 0, 0, ptr(nbytes)))
     ws = workspace(nbytes[0] - 1)

@@ -28,24 +28,7 @@ WORKSPACE_TOO_SMALL = -2  # tf_dcn::kGpuWorkspaceTooSmall
 TOO_MANY_SAMPLES = -100  # tf_dcn::kGpuPoolTooManySamples
 
 
-def _declare():
-    lib = emu.library()
-    i64p = ctypes.POINTER(ctypes.c_int64)
-    vp = ctypes.c_void_p
-    lib.tfdcn_pool_workspace_bytes.argtypes = [ctypes.c_int, ctypes.c_int, i64p, ctypes.c_int,
-                                               ctypes.c_int, i64p]
-    lib.tfdcn_pool_forward.argtypes = [ctypes.c_int, ctypes.c_int, i64p, ctypes.c_double,
-                                       ctypes.c_double, ctypes.c_int, vp, vp, vp, vp, vp, vp,
-                                       ctypes.c_int64]
-    lib.tfdcn_pool_backward.argtypes = [ctypes.c_int, ctypes.c_int, i64p, ctypes.c_double,
-                                        ctypes.c_double, ctypes.c_int, vp, vp, vp, vp, vp, vp, vp,
-                                        vp, ctypes.c_int64]
-    for name in ("tfdcn_pool_workspace_bytes", "tfdcn_pool_forward", "tfdcn_pool_backward"):
-        getattr(lib, name).restype = ctypes.c_int
-    return lib
-
-
-LIB = _declare()
+LIB = emu.library()  # with the launchers' exact ctypes signatures
 
 
 def _f32(x: float) -> float:
@@ -70,8 +53,12 @@ class Pool:
         assert self.c == self.d * self.g * self.g
 
     def dims(self):
-        return emu.int64_array([self.n, self.h, self.w, self.c, self.r, self.d, self.g, self.p,
-                                self.part, self.s, self.k, int(self.use_offsets)])
+        """The C API's tf_dcn::DeformPSRoIPoolDims, by reference."""
+        return ctypes.byref(emu.PoolDims(
+            batch=self.n, height=self.h, width=self.w, channels=self.c, num_rois=self.r,
+            output_dim=self.d, group_size=self.g, pooled_size=self.p, part_size=self.part,
+            sample_per_part=self.s, num_classes=self.k, spatial_scale=self.spatial_scale,
+            trans_std=self.trans_std, use_offsets=self.use_offsets))
 
     def ref_kw(self):
         return dict(output_dim=self.d, group_size=self.g, pooled_size=self.p,
@@ -94,9 +81,8 @@ class Pool:
         out = np.full([self.r, self.p, self.p, self.d], 0x5A5A, emu.storage_dtype(dtype))
         ws = emu.workspace(nbytes)
         emu.check(LIB.tfdcn_pool_forward(
-            emu.TYPE_CODES[dtype], int(rois_double), self.dims(), self.spatial_scale,
-            self.trans_std, int(deterministic), None, emu.ptr(f), emu.ptr(b), emu.ptr(o),
-            emu.ptr(out), emu.ptr(ws), nbytes))
+            emu.TYPE_CODES[dtype], int(rois_double), self.dims(), int(deterministic), None,
+            emu.ptr(f), emu.ptr(b), emu.ptr(o), emu.ptr(out), emu.ptr(ws), nbytes))
         return emu.from_storage(out, dtype)
 
     def backward(self, features, rois, offsets, grad_output, dtype, *, rois_double=True,
@@ -114,9 +100,9 @@ class Pool:
         go = np.full(o.shape, 0x5A5A, emu.storage_dtype(dtype)) if self.use_offsets else None
         ws = emu.workspace(nbytes)
         code = LIB.tfdcn_pool_backward(
-            emu.TYPE_CODES[dtype], int(rois_double), self.dims(), self.spatial_scale,
-            self.trans_std, int(deterministic), None, emu.ptr(f), emu.ptr(b), emu.ptr(o),
-            emu.ptr(g), emu.ptr(gf), emu.ptr(go), emu.ptr(ws), nbytes)
+            emu.TYPE_CODES[dtype], int(rois_double), self.dims(), int(deterministic), None,
+            emu.ptr(f), emu.ptr(b), emu.ptr(o), emu.ptr(g), emu.ptr(gf), emu.ptr(go),
+            emu.ptr(ws), nbytes)
         if workspace_bytes is not None:
             return code
         emu.check(code)

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "cc/kernels/deform_conv2d_geometry.h"
+
 #if defined(__CUDACC__)
 #define TF_DCN_HD __host__ __device__ __forceinline__
 #else
@@ -102,6 +104,28 @@ TF_DCN_HD ConvSample<A> MakeConvSample(A py, A px, int64_t height, int64_t width
     s.weight[3] = s.ly * s.lx;
   }
   return s;
+}
+
+// Where kernel tap k = i*kernel_w + j of output pixel (ho, wo) samples the input: its regular grid
+// position (ho*stride_h - pad_top + i*dilation_h, wo*stride_w - pad_left + j*dilation_w) moved by
+// the tap's offsets, tap_offsets[0] = dy and tap_offsets[1] = dx. The CPU kernels and the GPU
+// launchers both sample through this function.
+template <typename A, typename T>
+TF_DCN_HD ConvSample<A> SampleConvTap(const DeformConv2DDims& d, int64_t ho, int64_t wo, int64_t k,
+                                      const T* tap_offsets) {
+  const int64_t i = k / d.kernel_w, j = k - (k / d.kernel_w) * d.kernel_w;
+  const A y = A(ho * d.stride_h - d.pad_top + i * d.dilation_h) + A(tap_offsets[0]);
+  const A x = A(wo * d.stride_w - d.pad_left + j * d.dilation_w) + A(tap_offsets[1]);
+  return MakeConvSample<A>(y, x, d.in_h, d.in_w);
+}
+
+// The column buffer of a block of `pixels` output pixels (a CPU tile or a GPU chunk) is
+// col[grp][pp][k][c - grp*in_c_per_group]: for each convolution group a row-major
+// [pixels, taps*in_c_per_group] matrix, the left operand of that group's GEMM with its kernel
+// slice. Index of the entry of pixel pp, tap k and input channel c (of group grp):
+TF_DCN_HD int64_t ColumnIndex(int64_t pixels, int64_t taps, int64_t in_c_per_group, int64_t grp,
+                              int64_t pp, int64_t k, int64_t c) {
+  return ((grp * pixels + pp) * taps + k) * in_c_per_group + (c - grp * in_c_per_group);
 }
 
 // Value and position derivatives of one channel of an inside sample, from its four corner

@@ -7,6 +7,7 @@
 
 #include "cc/kernels/cpu_dispatch.h"
 #include "cc/kernels/deform_conv2d_functor.h"
+#include "cc/kernels/element_types.h"
 #include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
@@ -68,10 +69,7 @@ struct DeformConv2DBackward<CPUDevice, T> {
 #define TF_DCN_INSTANTIATE_CPU(T)                    \
   template struct DeformConv2DForward<CPUDevice, T>; \
   template struct DeformConv2DBackward<CPUDevice, T>;
-TF_DCN_INSTANTIATE_CPU(Eigen::half);
-TF_DCN_INSTANTIATE_CPU(Eigen::bfloat16);
-TF_DCN_INSTANTIATE_CPU(float);
-TF_DCN_INSTANTIATE_CPU(double);
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_INSTANTIATE_CPU)
 #undef TF_DCN_INSTANTIATE_CPU
 
 }  // namespace tf_dcn

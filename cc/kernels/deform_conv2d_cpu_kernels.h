@@ -64,16 +64,6 @@ inline PixelIndex Locate(const DeformConv2DDims& d, int64_t p) {
   return r;
 }
 
-template <typename A, typename T>
-inline ConvSample<A> SampleAt(const DeformConv2DDims& d, const PixelIndex& px, const T* offsets_px,
-                              int64_t gk) {
-  const int64_t k = gk % d.taps();
-  const int64_t i = k / d.kernel_w, j = k - (k / d.kernel_w) * d.kernel_w;
-  const A y = A(px.ho * d.stride_h - d.pad_top + i * d.dilation_h) + A(offsets_px[2 * gk]);
-  const A x = A(px.wo * d.stride_w - d.pad_left + j * d.dilation_w) + A(offsets_px[2 * gk + 1]);
-  return MakeConvSample<A>(y, x, d.in_h, d.in_w);
-}
-
 // Calls fn(group, c_begin, c_end) for the pieces of the channel range [begin, end) that fall in
 // one convolution group each (a deformable group may span several convolution groups).
 template <typename Fn>
@@ -85,13 +75,6 @@ inline void ForEachGroupSegment(const DeformConv2DDims& d, int64_t begin, int64_
     fn(grp, begin, seg_end);
     begin = seg_end;
   }
-}
-
-// Index of col[grp][pp][k][c - grp*Cg] in a tile of `count` pixels.
-inline int64_t ColumnIndex(const DeformConv2DDims& d, int64_t count, int64_t grp, int64_t pp,
-                           int64_t k, int64_t c) {
-  const int64_t cg = d.in_c_per_group();
-  return ((grp * count + pp) * d.taps() + k) * cg + (c - grp * cg);
 }
 
 // Gathers the (masked) bilinear samples of `count` output pixels starting at global pixel p0.
@@ -109,7 +92,7 @@ void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, 
     const T* msk = mask ? mask + p * DG * K : nullptr;
     for (int64_t gk = 0; gk < DG * K; ++gk) {
       const int64_t g = gk / K, k = gk - g * K;
-      const ConvSample<A> s = SampleAt<A>(d, px, off, gk);
+      const ConvSample<A> s = SampleConvTap<A>(d, px.ho, px.wo, k, off + 2 * gk);
       const A m = msk ? A(msk[gk]) : A(1);
       const T* src[4];
       A w[4];
@@ -118,7 +101,7 @@ void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, 
         w[q] = m * s.weight[q];
       }
       ForEachGroupSegment(d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
-        A* dst = col + ColumnIndex(d, count, grp, pp, k, c0);
+        A* dst = col + ColumnIndex(count, K, d.in_c_per_group(), grp, pp, k, c0);
         if (s.kind == kSampleInside) {
           for (int64_t c = c0; c < c1; ++c) {
             dst[c - c0] = w[0] * A(src[0][c]) + w[1] * A(src[1][c]) + w[2] * A(src[2][c]) +
@@ -279,7 +262,7 @@ void Backward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* i
           T* dmsk = grad_mask ? grad_mask + p * DG * K : nullptr;
           for (int64_t gk = 0; gk < DG * K; ++gk) {
             const int64_t g = gk / K, k = gk - g * K;
-            const ConvSample<A> s = SampleAt<A>(d, px, off, gk);
+            const ConvSample<A> s = SampleConvTap<A>(d, px.ho, px.wo, k, off + 2 * gk);
             const A m = msk ? A(msk[gk]) : A(1);
             if (s.kind != kSampleInside) {
               const A fill = s.kind == kSampleNaN ? QuietNaN<A>() : A(0);
@@ -303,7 +286,8 @@ void Backward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* i
             ForEachGroupSegment(
                 d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
                   // All pointers start at channel c0 of their row.
-                  const A* dc = dcol.data() + ColumnIndex(d, count, grp, pp, k, c0);
+                  const A* dc =
+                      dcol.data() + ColumnIndex(count, K, d.in_c_per_group(), grp, pp, k, c0);
                   const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0,
                           *s3 = src[3] + c0;
                   A *d0 = dst[0] + c0, *d1 = dst[1] + c0, *d2 = dst[2] + c0, *d3 = dst[3] + c0;
@@ -377,19 +361,10 @@ void Backward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* i
   });
 }
 
-// Calls fn(T()) with the element type named by `type` (this build's Eigen half types).
+// Calls fn(T()) with the element type named by `type` (Eigen's 16-bit types on the CPU).
 template <typename Fn>
-void WithElementType(ElementType type, Fn fn) {
-  switch (type) {
-    case ElementType::kHalf:
-      return fn(Eigen::half());
-    case ElementType::kBFloat16:
-      return fn(Eigen::bfloat16());
-    case ElementType::kFloat:
-      return fn(float());
-    case ElementType::kDouble:
-      return fn(double());
-  }
+void WithCpuElementType(ElementType type, Fn fn) {
+  WithElementType<Eigen::half, Eigen::bfloat16>(type, fn);
 }
 
 }  // namespace
@@ -402,7 +377,7 @@ void DeformConv2DForward(ElementType type, const DeformConv2DDims& d, const CpuP
                static_cast<const T*>(a.mask), static_cast<const T*>(a.kernel),
                static_cast<const T*>(a.bias), static_cast<T*>(a.output));
   };
-  WithElementType(type, run);
+  WithCpuElementType(type, run);
 }
 
 void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d, const CpuParallel& parallel,
@@ -415,7 +390,7 @@ void DeformConv2DBackward(ElementType type, const DeformConv2DDims& d, const Cpu
                 static_cast<T*>(a.grad_offsets), static_cast<T*>(a.grad_mask),
                 static_cast<T*>(a.grad_kernel), static_cast<T*>(a.grad_bias));
   };
-  WithElementType(type, run);
+  WithCpuElementType(type, run);
 }
 
 }  // namespace TF_DCN_CPU_ISA

@@ -11,7 +11,7 @@ namespace tf_dcn {
 
 int DeformConv2DGpuWorkspaceBytes(ElementType type, const DeformConv2DDims& d,
                                   const GpuLaunch& launch, bool backward, int64_t* bytes) {
-  return WithGpuElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
+  return WithElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
     return conv_gpu::WorkspaceBytes<CudaExec, decltype(tag)>(d, launch, backward, bytes);
   });
 }
@@ -19,7 +19,7 @@ int DeformConv2DGpuWorkspaceBytes(ElementType type, const DeformConv2DDims& d,
 int DeformConv2DGpuForward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch,
                            const DeformConv2DForwardArgs& args, void* workspace,
                            int64_t workspace_bytes) {
-  return WithGpuElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
+  return WithElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
     return conv_gpu::Forward<CudaExec, decltype(tag)>(type, d, launch, args, workspace,
                                                       workspace_bytes);
   });
@@ -28,7 +28,7 @@ int DeformConv2DGpuForward(ElementType type, const DeformConv2DDims& d, const Gp
 int DeformConv2DGpuBackward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch,
                             const DeformConv2DBackwardArgs& args, void* workspace,
                             int64_t workspace_bytes) {
-  return WithGpuElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
+  return WithElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
     return conv_gpu::Backward<CudaExec, decltype(tag)>(type, d, launch, args, workspace,
                                                        workspace_bytes);
   });

@@ -34,55 +34,39 @@ namespace conv_gpu {
 constexpr int64_t kColumnBudgetBytes = int64_t(128) << 20;  // col (+ dcol) per chunk
 constexpr int64_t kBiasRowsPerBlock = 256;
 
-// Sizes derived once per call.
+// The convolution's dimensions plus the sizes derived from them once per call, so that device
+// threads do not recompute the divisions.
 struct Shape {
-  int64_t N, H, W, C, Ho, Wo, Cout;
-  int64_t K, kw, DG, Cg, Cdg, Coutg, groups;
-  int64_t sh, sw, dh, dw, pad_top, pad_left;
-  int64_t total;  // N * Ho * Wo
+  DeformConv2DDims dims;
+  int64_t taps;             // kernel_h * kernel_w
+  int64_t in_c_per_group;   // input channels per convolution group
+  int64_t in_c_per_dgroup;  // input channels per deformable group
+  int64_t out_c_per_group;  // output channels per convolution group
+  int64_t out_pixels;       // batch * out_h * out_w
 
   explicit Shape(const DeformConv2DDims& d)
-      : N(d.batch),
-        H(d.in_h),
-        W(d.in_w),
-        C(d.in_c),
-        Ho(d.out_h),
-        Wo(d.out_w),
-        Cout(d.out_c),
-        K(d.taps()),
-        kw(d.kernel_w),
-        DG(d.deformable_groups),
-        Cg(d.in_c_per_group()),
-        Cdg(d.in_c_per_dgroup()),
-        Coutg(d.out_c_per_group()),
-        groups(d.groups),
-        sh(d.stride_h),
-        sw(d.stride_w),
-        dh(d.dilation_h),
-        dw(d.dilation_w),
-        pad_top(d.pad_top),
-        pad_left(d.pad_left),
-        total(d.out_pixels()) {}
+      : dims(d),
+        taps(d.taps()),
+        in_c_per_group(d.in_c_per_group()),
+        in_c_per_dgroup(d.in_c_per_dgroup()),
+        out_c_per_group(d.out_c_per_group()),
+        out_pixels(d.out_pixels()) {}
 };
 
-// The bilinear sample of tap gk (= g*K + k) of output pixel p.
+// The bilinear sample of tap gk (= g*taps + k) of output pixel p (flat over batch, rows, columns).
 template <typename A, typename T>
 TF_DCN_HD ConvSample<A> SampleOf(const Shape& s, const T* offsets, int64_t p, int64_t gk) {
-  const int64_t per_image = s.Ho * s.Wo;
+  const int64_t per_image = s.dims.out_h * s.dims.out_w;
   const int64_t rem = p % per_image;
-  const int64_t ho = rem / s.Wo, wo = rem - (rem / s.Wo) * s.Wo;
-  const int64_t k = gk % s.K;
-  const int64_t i = k / s.kw, j = k - (k / s.kw) * s.kw;
-  const T* off = offsets + p * 2 * s.DG * s.K + 2 * gk;
-  const A y = A(ho * s.sh - s.pad_top + i * s.dh) + A(off[0]);
-  const A x = A(wo * s.sw - s.pad_left + j * s.dw) + A(off[1]);
-  return MakeConvSample<A>(y, x, s.H, s.W);
+  const int64_t ho = rem / s.dims.out_w, wo = rem - (rem / s.dims.out_w) * s.dims.out_w;
+  const T* tap_offsets = offsets + p * 2 * s.dims.deformable_groups * s.taps + 2 * gk;
+  return SampleConvTap<A>(s.dims, ho, wo, gk % s.taps, tap_offsets);
 }
 
-// Index in a chunk's column buffer col[grp][pp][k][c - grp*Cg] (P pixels per chunk).
-TF_DCN_HD int64_t ColIndex(const Shape& s, int64_t P, int64_t pp, int64_t k, int64_t c) {
-  const int64_t grp = c / s.Cg;
-  return ((grp * P + pp) * s.K + k) * s.Cg + (c - grp * s.Cg);
+// Index in the column buffer of a chunk of `chunk_pixels` pixels (ColumnIndex, dcn_common.h).
+TF_DCN_HD int64_t ColIndex(const Shape& s, int64_t chunk_pixels, int64_t pp, int64_t k, int64_t c) {
+  const int64_t grp = c / s.in_c_per_group;
+  return ColumnIndex(chunk_pixels, s.taps, s.in_c_per_group, grp, pp, k, c);
 }
 
 // Element i = (pp*DG*K + gk)*Cdg + c_in of a chunk's (pixel, tap, channel) grid, channels fastest
@@ -92,12 +76,12 @@ struct ColElement {
 };
 TF_DCN_HD ColElement DecodeColElement(const Shape& s, int64_t i) {
   ColElement e;
-  const int64_t c_in = i % s.Cdg;
-  e.gk = (i / s.Cdg) % (s.DG * s.K);
-  e.pp = i / (s.Cdg * s.DG * s.K);
-  const int64_t g = e.gk / s.K;
-  e.k = e.gk - g * s.K;
-  e.c = g * s.Cdg + c_in;
+  const int64_t c_in = i % s.in_c_per_dgroup;
+  e.gk = (i / s.in_c_per_dgroup) % (s.dims.deformable_groups * s.taps);
+  e.pp = i / (s.in_c_per_dgroup * s.dims.deformable_groups * s.taps);
+  const int64_t g = e.gk / s.taps;
+  e.k = e.gk - g * s.taps;
+  e.c = g * s.in_c_per_dgroup + c_in;
   return e;
 }
 
@@ -118,11 +102,13 @@ struct Im2Col {
     if (smp.kind == kSampleNaN) {
       v = QuietNaN<A>();
     } else if (smp.kind == kSampleInside) {
-      const T* image = input + (p / (s.Ho * s.Wo)) * s.H * s.W * s.C + c;
+      const T* image =
+          input + (p / (s.dims.out_h * s.dims.out_w)) * s.dims.in_h * s.dims.in_w * s.dims.in_c + c;
       A u[4];
-      for (int q = 0; q < 4; ++q) u[q] = smp.pixel[q] >= 0 ? A(image[smp.pixel[q] * s.C]) : A(0);
+      for (int q = 0; q < 4; ++q)
+        u[q] = smp.pixel[q] >= 0 ? A(image[smp.pixel[q] * s.dims.in_c]) : A(0);
       v = ConvSampleValue(smp, u);
-      if (mask) v *= A(mask[p * s.DG * s.K + gk]);
+      if (mask) v *= A(mask[p * s.dims.deformable_groups * s.taps + gk]);
     }
     col[ColIndex(s, P, pp, k, c)] = T(v);
   }
@@ -148,11 +134,12 @@ struct OffsetMaskGrad {
   int64_t p0, P;
 
   TF_DCN_HD void operator()(int64_t i) const {
-    const int64_t gk = i % (s.DG * s.K), pp = i / (s.DG * s.K);
-    const int64_t p = p0 + pp, g = gk / s.K, k = gk - g * s.K;
+    const int64_t gk = i % (s.dims.deformable_groups * s.taps),
+                  pp = i / (s.dims.deformable_groups * s.taps);
+    const int64_t p = p0 + pp, g = gk / s.taps, k = gk - g * s.taps;
     const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
-    T* doff = grad_offsets + p * 2 * s.DG * s.K + 2 * gk;
-    T* dmsk = grad_mask ? grad_mask + p * s.DG * s.K + gk : nullptr;
+    T* doff = grad_offsets + p * 2 * s.dims.deformable_groups * s.taps + 2 * gk;
+    T* dmsk = grad_mask ? grad_mask + p * s.dims.deformable_groups * s.taps + gk : nullptr;
     if (smp.kind != kSampleInside) {
       const A fill = smp.kind == kSampleNaN ? QuietNaN<A>() : A(0);
       doff[0] = T(fill);
@@ -160,15 +147,16 @@ struct OffsetMaskGrad {
       if (dmsk) *dmsk = T(fill);
       return;
     }
-    const T* image = input + (p / (s.Ho * s.Wo)) * s.H * s.W * s.C;
+    const T* image =
+        input + (p / (s.dims.out_h * s.dims.out_w)) * s.dims.in_h * s.dims.in_w * s.dims.in_c;
     A sums[4] = {A(0), A(0), A(0), A(0)};
-    for (int64_t c = g * s.Cdg; c < (g + 1) * s.Cdg; ++c) {
+    for (int64_t c = g * s.in_c_per_dgroup; c < (g + 1) * s.in_c_per_dgroup; ++c) {
       const A gc = A(dcol[ColIndex(s, P, pp, k, c)]);
       for (int q = 0; q < 4; ++q) {
-        if (smp.pixel[q] >= 0) sums[q] += gc * A(image[smp.pixel[q] * s.C + c]);
+        if (smp.pixel[q] >= 0) sums[q] += gc * A(image[smp.pixel[q] * s.dims.in_c + c]);
       }
     }
-    const A m = mask ? A(mask[p * s.DG * s.K + gk]) : A(1);
+    const A m = mask ? A(mask[p * s.dims.deformable_groups * s.taps + gk]) : A(1);
     doff[0] = T(m * ConvSampleDy(smp, sums));
     doff[1] = T(m * ConvSampleDx(smp, sums));
     if (dmsk) *dmsk = T(ConvSampleValue(smp, sums));
@@ -191,10 +179,11 @@ struct ScatterInputGrad {
     const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
     if (smp.kind != kSampleInside) return;
     A gc = A(dcol[ColIndex(s, P, pp, k, c)]);
-    if (mask) gc *= A(mask[p * s.DG * s.K + gk]);
-    A* image = acc + (p / (s.Ho * s.Wo)) * s.H * s.W * s.C + c;
+    if (mask) gc *= A(mask[p * s.dims.deformable_groups * s.taps + gk]);
+    A* image =
+        acc + (p / (s.dims.out_h * s.dims.out_w)) * s.dims.in_h * s.dims.in_w * s.dims.in_c + c;
     for (int q = 0; q < 4; ++q) {
-      if (smp.pixel[q] >= 0) AtomicAddTo(image + smp.pixel[q] * s.C, smp.weight[q] * gc);
+      if (smp.pixel[q] >= 0) AtomicAddTo(image + smp.pixel[q] * s.dims.in_c, smp.weight[q] * gc);
     }
   }
 };
@@ -214,14 +203,16 @@ struct InputGradKeys {
 
   TF_DCN_HD void operator()(int64_t e) const {
     const int q = static_cast<int>(e % 4);
-    const int64_t gk = (e / 4) % (s.DG * s.K), pp = e / (4 * s.DG * s.K);
-    const int64_t p = p0 + pp, g = gk / s.K;
+    const int64_t gk = (e / 4) % (s.dims.deformable_groups * s.taps),
+                  pp = e / (4 * s.dims.deformable_groups * s.taps);
+    const int64_t p = p0 + pp, g = gk / s.taps;
     const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
     uint64_t key = sentinel;
     const int64_t pixel = CornerOf(smp.pixel, q);
     if (smp.kind == kSampleInside && pixel >= 0) {
-      const int64_t n = p / (s.Ho * s.Wo);
-      key = static_cast<uint64_t>((n * s.H * s.W + pixel) * s.DG + g);
+      const int64_t n = p / (s.dims.out_h * s.dims.out_w);
+      key = static_cast<uint64_t>(
+          (n * s.dims.in_h * s.dims.in_w + pixel) * s.dims.deformable_groups + g);
     }
     keys[e] = key;
     values[e] = static_cast<uint32_t>(e);
@@ -244,24 +235,26 @@ struct GatherInputGrad {
   uint64_t sentinel;
 
   TF_DCN_HD void operator()(int64_t t) const {
-    const int64_t c_in = t % s.Cdg, first = t / s.Cdg;
+    const int64_t c_in = t % s.in_c_per_dgroup, first = t / s.in_c_per_dgroup;
     const uint64_t key = keys[first];
     if (key == sentinel || (first > 0 && keys[first - 1] == key)) return;
-    const int64_t g = static_cast<int64_t>(key % static_cast<uint64_t>(s.DG));
-    const int64_t c = g * s.Cdg + c_in;
+    const int64_t g = static_cast<int64_t>(key % static_cast<uint64_t>(s.dims.deformable_groups));
+    const int64_t c = g * s.in_c_per_dgroup + c_in;
     A sum = A(0);
     for (int64_t j = first; j < entries && keys[j] == key; ++j) {
       const int64_t e = values[j];
       const int q = static_cast<int>(e % 4);
-      const int64_t gk = (e / 4) % (s.DG * s.K), pp = e / (4 * s.DG * s.K);
-      const int64_t p = p0 + pp, k = gk % s.K;
+      const int64_t gk = (e / 4) % (s.dims.deformable_groups * s.taps),
+                    pp = e / (4 * s.dims.deformable_groups * s.taps);
+      const int64_t p = p0 + pp, k = gk % s.taps;
       const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
       A share = CornerOf(smp.weight, q) * A(dcol[ColIndex(s, P, pp, k, c)]);
-      if (mask) share *= A(mask[p * s.DG * s.K + gk]);
+      if (mask) share *= A(mask[p * s.dims.deformable_groups * s.taps + gk]);
       sum += share;
     }
-    const int64_t image_pixel = static_cast<int64_t>(key / static_cast<uint64_t>(s.DG));
-    acc[image_pixel * s.C + c] += sum;
+    const int64_t image_pixel =
+        static_cast<int64_t>(key / static_cast<uint64_t>(s.dims.deformable_groups));
+    acc[image_pixel * s.dims.in_c + c] += sum;
   }
 };
 
@@ -305,13 +298,14 @@ struct AddInto {  // acc[e] += A(part[e])
 // Output pixels per chunk: the column buffers (col, plus dcol when `backward`) within the budget,
 // and the deterministic path's entry ids within uint32.
 inline int64_t ChunkPixels(const Shape& s, int64_t elem_bytes, bool backward, int64_t max_chunk) {
-  const int64_t per_pixel = s.K * s.C * elem_bytes * (backward ? 2 : 1);
+  const int64_t per_pixel = s.taps * s.dims.in_c * elem_bytes * (backward ? 2 : 1);
   int64_t P = kColumnBudgetBytes / (per_pixel > 0 ? per_pixel : 1);
   const int64_t max_entries = int64_t(1) << 31;
-  if (P * 4 * s.DG * s.K > max_entries) P = max_entries / (4 * s.DG * s.K);
+  if (P * 4 * s.dims.deformable_groups * s.taps > max_entries)
+    P = max_entries / (4 * s.dims.deformable_groups * s.taps);
   if (max_chunk > 0 && P > max_chunk) P = max_chunk;
   if (P < 1) P = 1;
-  if (P > s.total) P = s.total;
+  if (P > s.out_pixels) P = s.out_pixels;
   return P;
 }
 
@@ -334,20 +328,21 @@ struct Workspace {
     const bool deterministic = launch.deterministic;
     P = ChunkPixels(s, sizeof(T), backward, launch.max_chunk);
     WorkspaceCarver carve(base);
-    col = carve.Take<T>(P * s.K * s.C);
+    col = carve.Take<T>(P * s.taps * s.dims.in_c);
     if (backward) {
-      dcol = carve.Take<T>(P * s.K * s.C);
-      const int64_t kernel_size = s.K * s.Cg * s.Cout;
+      dcol = carve.Take<T>(P * s.taps * s.dims.in_c);
+      const int64_t kernel_size = s.taps * s.in_c_per_group * s.dims.out_c;
       if (kHalfType) {
-        input_acc = carve.Take<A>(s.N * s.H * s.W * s.C);
+        input_acc = carve.Take<A>(s.dims.batch * s.dims.in_h * s.dims.in_w * s.dims.in_c);
         kernel_part = carve.Take<T>(kernel_size);
         kernel_acc = carve.Take<A>(kernel_size);
       }
-      bias_blocks = (s.total + kBiasRowsPerBlock - 1) / kBiasRowsPerBlock;
-      bias_part = carve.Take<A>(bias_blocks * s.Cout);
+      bias_blocks = (s.out_pixels + kBiasRowsPerBlock - 1) / kBiasRowsPerBlock;
+      bias_part = carve.Take<A>(bias_blocks * s.dims.out_c);
       if (deterministic) {
-        const int64_t entries = P * s.DG * s.K * 4;
-        sentinel = static_cast<uint64_t>(s.N * s.H * s.W * s.DG);
+        const int64_t entries = P * s.dims.deformable_groups * s.taps * 4;
+        sentinel = static_cast<uint64_t>(s.dims.batch * s.dims.in_h * s.dims.in_w *
+                                         s.dims.deformable_groups);
         key_bits = KeyBits(sentinel);
         keys_in = carve.Take<uint64_t>(entries);
         keys_out = carve.Take<uint64_t>(entries);
@@ -382,7 +377,7 @@ template <typename Exec, typename T>
 int Forward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch,
             const DeformConv2DForwardArgs& a, void* workspace, int64_t workspace_bytes) {
   const Shape s(d);
-  if (s.total == 0 || s.Cout == 0) return kGpuOk;
+  if (s.out_pixels == 0 || s.dims.out_c == 0) return kGpuOk;
   Exec exec(launch);
   Workspace<T> ws;
   TF_DCN_GPU_TRY(ws.Layout(exec, s, false, launch, workspace));
@@ -393,15 +388,31 @@ int Forward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch
   const T* kernel = static_cast<const T*>(a.kernel);
   const T* bias = static_cast<const T*>(a.bias);
   T* output = static_cast<T*>(a.output);
-  const int64_t KCg = s.K * s.Cg;
-  for (int64_t p0 = 0; p0 < s.total; p0 += ws.P) {
-    const int64_t P = s.total - p0 < ws.P ? s.total - p0 : ws.P;
-    T* out = output + p0 * s.Cout;
-    TF_DCN_GPU_TRY(exec.ForEach(P * s.K * s.C, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
-    if (bias) TF_DCN_GPU_TRY(exec.ForEach(P * s.Cout, FillBias<T>{bias, out, s.Cout}));
-    GemmCall g{type,   false,  false,   s.Coutg,  P,   KCg,
-               kernel, s.Cout, s.Coutg, ws.col,   KCg, P * KCg,
-               out,    s.Cout, s.Coutg, s.groups, 1.0, bias ? 1.0 : 0.0};
+  const int64_t KCg = s.taps * s.in_c_per_group;
+  for (int64_t p0 = 0; p0 < s.out_pixels; p0 += ws.P) {
+    const int64_t P = s.out_pixels - p0 < ws.P ? s.out_pixels - p0 : ws.P;
+    T* out = output + p0 * s.dims.out_c;
+    TF_DCN_GPU_TRY(
+        exec.ForEach(P * s.taps * s.dims.in_c, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
+    if (bias) TF_DCN_GPU_TRY(exec.ForEach(P * s.dims.out_c, FillBias<T>{bias, out, s.dims.out_c}));
+    GemmCall g{type,
+               false,
+               false,
+               s.out_c_per_group,
+               P,
+               KCg,
+               kernel,
+               s.dims.out_c,
+               s.out_c_per_group,
+               ws.col,
+               KCg,
+               P * KCg,
+               out,
+               s.dims.out_c,
+               s.out_c_per_group,
+               s.dims.groups,
+               1.0,
+               bias ? 1.0 : 0.0};
     TF_DCN_GPU_TRY(RunGemm(launch, g));
   }
   return kGpuOk;
@@ -414,28 +425,44 @@ int ChunkKernelGemms(ElementType type, const Shape& s, const GpuLaunch& launch, 
                      const T* kernel, T* grad_kernel, const Workspace<T>& ws, int64_t P) {
   using A = typename AccumulatorType<T>::type;
   constexpr bool kHalfType = !std::is_same<T, A>::value;
-  const int64_t KCg = s.K * s.Cg;
+  const int64_t KCg = s.taps * s.in_c_per_group;
   // dcol^T (KCg x P) = W_grp (KCg x Coutg) * G^T (Coutg x P)
-  GemmCall gd{type, true,   false,   KCg,     P,   s.Coutg, kernel,   s.Cout, s.Coutg,
-              gout, s.Cout, s.Coutg, ws.dcol, KCg, P * KCg, s.groups, 1.0,    0.0};
+  GemmCall gd{type,
+              true,
+              false,
+              KCg,
+              P,
+              s.out_c_per_group,
+              kernel,
+              s.dims.out_c,
+              s.out_c_per_group,
+              gout,
+              s.dims.out_c,
+              s.out_c_per_group,
+              ws.dcol,
+              KCg,
+              P * KCg,
+              s.dims.groups,
+              1.0,
+              0.0};
   TF_DCN_GPU_TRY(RunGemm(launch, gd));
   // dW^T (Coutg x KCg) += G^T (Coutg x P) * col (P x KCg)
   GemmCall gw{type,
               false,
               true,
-              s.Coutg,
+              s.out_c_per_group,
               KCg,
               P,
               gout,
-              s.Cout,
-              s.Coutg,
+              s.dims.out_c,
+              s.out_c_per_group,
               ws.col,
               KCg,
               P * KCg,
               kHalfType ? static_cast<void*>(ws.kernel_part) : static_cast<void*>(grad_kernel),
-              s.Cout,
-              s.Coutg,
-              s.groups,
+              s.dims.out_c,
+              s.out_c_per_group,
+              s.dims.groups,
               1.0,
               kHalfType ? 0.0 : 1.0};
   TF_DCN_GPU_TRY(RunGemm(launch, gw));
@@ -460,7 +487,8 @@ int Backward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launc
   T* grad_input = static_cast<T*>(a.grad_input);
   T* grad_kernel = static_cast<T*>(a.grad_kernel);
   T* grad_bias = static_cast<T*>(a.grad_bias);
-  const int64_t input_size = s.N * s.H * s.W * s.C, kernel_size = s.K * s.Cg * s.Cout;
+  const int64_t input_size = s.dims.batch * s.dims.in_h * s.dims.in_w * s.dims.in_c,
+                kernel_size = s.taps * s.in_c_per_group * s.dims.out_c;
 
   A* input_acc = kHalfType ? ws.input_acc : reinterpret_cast<A*>(grad_input);
   A* kernel_acc = kHalfType ? ws.kernel_acc : reinterpret_cast<A*>(grad_kernel);
@@ -468,27 +496,29 @@ int Backward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launc
   TF_DCN_GPU_TRY(exec.Zero(kernel_acc, kernel_size * int64_t(sizeof(A))));
 
   if (grad_bias) {
-    if (s.total == 0) {
-      TF_DCN_GPU_TRY(exec.Zero(grad_bias, s.Cout * int64_t(sizeof(T))));
+    if (s.out_pixels == 0) {
+      TF_DCN_GPU_TRY(exec.Zero(grad_bias, s.dims.out_c * int64_t(sizeof(T))));
     } else {
-      TF_DCN_GPU_TRY(exec.ForEach(ws.bias_blocks * s.Cout,
-                                  BiasPartials<T>{grad_output, ws.bias_part, s.total, s.Cout}));
       TF_DCN_GPU_TRY(
-          exec.ForEach(s.Cout, BiasReduce<T>{ws.bias_part, grad_bias, ws.bias_blocks, s.Cout}));
+          exec.ForEach(ws.bias_blocks * s.dims.out_c,
+                       BiasPartials<T>{grad_output, ws.bias_part, s.out_pixels, s.dims.out_c}));
+      TF_DCN_GPU_TRY(exec.ForEach(
+          s.dims.out_c, BiasReduce<T>{ws.bias_part, grad_bias, ws.bias_blocks, s.dims.out_c}));
     }
   }
 
-  for (int64_t p0 = 0; p0 < s.total; p0 += ws.P) {
-    const int64_t P = s.total - p0 < ws.P ? s.total - p0 : ws.P;
-    const T* gout = grad_output + p0 * s.Cout;
-    const int64_t samples = P * s.DG * s.K, elements = P * s.K * s.C;
-    if (s.Cout == 0) {  // no output channels: the column gradient is zero
+  for (int64_t p0 = 0; p0 < s.out_pixels; p0 += ws.P) {
+    const int64_t P = s.out_pixels - p0 < ws.P ? s.out_pixels - p0 : ws.P;
+    const T* gout = grad_output + p0 * s.dims.out_c;
+    const int64_t samples = P * s.dims.deformable_groups * s.taps,
+                  elements = P * s.taps * s.dims.in_c;
+    if (s.dims.out_c == 0) {  // no output channels: the column gradient is zero
       TF_DCN_GPU_TRY(exec.Zero(ws.dcol, elements * int64_t(sizeof(T))));
     } else {
       TF_DCN_GPU_TRY(exec.ForEach(elements, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
       TF_DCN_GPU_TRY(ChunkKernelGemms<T>(type, s, launch, gout, kernel, grad_kernel, ws, P));
     }
-    if (kHalfType && s.Cout > 0) {
+    if (kHalfType && s.dims.out_c > 0) {
       TF_DCN_GPU_TRY(exec.ForEach(kernel_size, AddInto<T, A>{ws.kernel_part, kernel_acc}));
     }
     TF_DCN_GPU_TRY(exec.ForEach(samples, OffsetMaskGrad<T>{s, input, offsets, mask, ws.dcol,
@@ -504,9 +534,10 @@ int Backward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launc
         entries, InputGradKeys<T>{s, offsets, ws.keys_in, ws.values_in, p0, ws.sentinel}));
     TF_DCN_GPU_TRY(exec.SortPairs(ws.sort_temp, ws.sort_temp_bytes, ws.keys_in, ws.keys_out,
                                   ws.values_in, ws.values_out, entries, ws.key_bits));
-    TF_DCN_GPU_TRY(exec.ForEach(
-        entries * s.Cdg, GatherInputGrad<T>{s, offsets, mask, ws.dcol, ws.keys_out, ws.values_out,
-                                            input_acc, p0, P, entries, ws.sentinel}));
+    TF_DCN_GPU_TRY(
+        exec.ForEach(entries * s.in_c_per_dgroup,
+                     GatherInputGrad<T>{s, offsets, mask, ws.dcol, ws.keys_out, ws.values_out,
+                                        input_acc, p0, P, entries, ws.sentinel}));
   }
   if (kHalfType) {
     TF_DCN_GPU_TRY(exec.ForEach(input_size, CastTo<T, A>{input_acc, grad_input}));

@@ -11,9 +11,9 @@
 #include "absl/strings/str_join.h"
 #include "cc/kernels/deform_conv2d_functor.h"
 #include "cc/kernels/deform_conv2d_geometry.h"
+#include "cc/kernels/element_types.h"
 #include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #if TF_DCN_WITH_CUDA
@@ -281,10 +281,7 @@ class DeformConv2DGradOp : public OpKernel {
   REGISTER_KERNEL_BUILDER(                                                                        \
       Name("TfDcn>DeformableConv2DGrad").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
       DeformConv2DGradOp<CPUDevice, T>);
-TF_DCN_REGISTER_CPU(Eigen::half);
-TF_DCN_REGISTER_CPU(Eigen::bfloat16);
-TF_DCN_REGISTER_CPU(float);
-TF_DCN_REGISTER_CPU(double);
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_REGISTER_CPU)
 #undef TF_DCN_REGISTER_CPU
 
 #if TF_DCN_WITH_CUDA
@@ -296,10 +293,7 @@ TF_DCN_REGISTER_CPU(double);
   REGISTER_KERNEL_BUILDER(                                                                        \
       Name("TfDcn>DeformableConv2DGrad").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
       DeformConv2DGradOp<GpuDevice, T>);
-TF_DCN_REGISTER_GPU(Eigen::half);
-TF_DCN_REGISTER_GPU(Eigen::bfloat16);
-TF_DCN_REGISTER_GPU(float);
-TF_DCN_REGISTER_GPU(double);
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_REGISTER_GPU)
 #undef TF_DCN_REGISTER_GPU
 #endif  // TF_DCN_WITH_CUDA
 

@@ -27,8 +27,8 @@
 
 #include "cc/kernels/dcn_common.h"
 #include "cc/kernels/deform_psroi_pool_functor.h"
+#include "cc/kernels/element_types.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
 
 namespace tf_dcn {
 namespace {
@@ -380,13 +380,8 @@ struct DeformPSRoIPoolBackward<CPUDevice, T, TR> {
 #define TF_DCN_INSTANTIATE_CPU(T, TR)                       \
   template struct DeformPSRoIPoolForward<CPUDevice, T, TR>; \
   template struct DeformPSRoIPoolBackward<CPUDevice, T, TR>;
-#define TF_DCN_INSTANTIATE_CPU_ALL_ROIS(T) \
-  TF_DCN_INSTANTIATE_CPU(T, float)         \
-  TF_DCN_INSTANTIATE_CPU(T, double)
-TF_DCN_INSTANTIATE_CPU_ALL_ROIS(Eigen::half)
-TF_DCN_INSTANTIATE_CPU_ALL_ROIS(Eigen::bfloat16)
-TF_DCN_INSTANTIATE_CPU_ALL_ROIS(float)
-TF_DCN_INSTANTIATE_CPU_ALL_ROIS(double)
+#define TF_DCN_INSTANTIATE_CPU_ALL_ROIS(T) TF_DCN_CALL_ROI_TYPES(TF_DCN_INSTANTIATE_CPU, T)
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_INSTANTIATE_CPU_ALL_ROIS)
 #undef TF_DCN_INSTANTIATE_CPU_ALL_ROIS
 #undef TF_DCN_INSTANTIATE_CPU
 

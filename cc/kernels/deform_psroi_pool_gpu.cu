@@ -13,7 +13,7 @@ namespace tf_dcn {
 int DeformPSRoIPoolGpuWorkspaceBytes(ElementType type, bool /*rois_double*/,
                                      const DeformPSRoIPoolDims& d, const GpuLaunch& launch,
                                      bool backward, int64_t* bytes) {
-  return WithGpuElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
+  return WithElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
     return pool_gpu::WorkspaceBytes<CudaExec, decltype(tag)>(d, launch, backward, bytes);
   });
 }
@@ -22,7 +22,7 @@ int DeformPSRoIPoolGpuForward(ElementType type, bool rois_double, const DeformPS
                               const GpuLaunch& launch, const void* features, const void* rois,
                               const void* offsets, void* output, void* workspace,
                               int64_t workspace_bytes) {
-  return WithGpuElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
+  return WithElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
     using T = decltype(tag);
     return rois_double ? pool_gpu::Forward<CudaExec, T, double>(d, launch, features, rois, offsets,
                                                                 output, workspace, workspace_bytes)
@@ -35,7 +35,7 @@ int DeformPSRoIPoolGpuBackward(ElementType type, bool rois_double, const DeformP
                                const GpuLaunch& launch, const void* features, const void* rois,
                                const void* offsets, const void* grad_output, void* grad_features,
                                void* grad_offsets, void* workspace, int64_t workspace_bytes) {
-  return WithGpuElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
+  return WithElementType<__half, __nv_bfloat16>(type, [&](auto tag) {
     using T = decltype(tag);
     return rois_double
                ? pool_gpu::Backward<CudaExec, T, double>(d, launch, features, rois, offsets,

@@ -15,9 +15,9 @@
 #include "absl/strings/str_cat.h"
 #include "cc/kernels/deform_psroi_pool_functor.h"
 #include "cc/kernels/deform_psroi_pool_geometry.h"
+#include "cc/kernels/element_types.h"
 #include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #if TF_DCN_WITH_CUDA
@@ -304,13 +304,8 @@ class DeformPSRoIPoolGradOp : public OpKernel {
                               .TypeConstraint<T>("T")           \
                               .TypeConstraint<TR>("Troi"),      \
                           DeformPSRoIPoolGradOp<CPUDevice, T, TR>);
-#define TF_DCN_REGISTER_CPU_ALL_ROIS(T) \
-  TF_DCN_REGISTER_CPU(T, float)         \
-  TF_DCN_REGISTER_CPU(T, double)
-TF_DCN_REGISTER_CPU_ALL_ROIS(Eigen::half)
-TF_DCN_REGISTER_CPU_ALL_ROIS(Eigen::bfloat16)
-TF_DCN_REGISTER_CPU_ALL_ROIS(float)
-TF_DCN_REGISTER_CPU_ALL_ROIS(double)
+#define TF_DCN_REGISTER_CPU_ALL_ROIS(T) TF_DCN_CALL_ROI_TYPES(TF_DCN_REGISTER_CPU, T)
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_REGISTER_CPU_ALL_ROIS)
 #undef TF_DCN_REGISTER_CPU_ALL_ROIS
 #undef TF_DCN_REGISTER_CPU
 
@@ -328,13 +323,8 @@ TF_DCN_REGISTER_CPU_ALL_ROIS(double)
                               .TypeConstraint<T>("T")           \
                               .TypeConstraint<TR>("Troi"),      \
                           DeformPSRoIPoolGradOp<GpuDevice, T, TR>);
-#define TF_DCN_REGISTER_GPU_ALL_ROIS(T) \
-  TF_DCN_REGISTER_GPU(T, float)         \
-  TF_DCN_REGISTER_GPU(T, double)
-TF_DCN_REGISTER_GPU_ALL_ROIS(Eigen::half)
-TF_DCN_REGISTER_GPU_ALL_ROIS(Eigen::bfloat16)
-TF_DCN_REGISTER_GPU_ALL_ROIS(float)
-TF_DCN_REGISTER_GPU_ALL_ROIS(double)
+#define TF_DCN_REGISTER_GPU_ALL_ROIS(T) TF_DCN_CALL_ROI_TYPES(TF_DCN_REGISTER_GPU, T)
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_REGISTER_GPU_ALL_ROIS)
 #undef TF_DCN_REGISTER_GPU_ALL_ROIS
 #undef TF_DCN_REGISTER_GPU
 #endif  // TF_DCN_WITH_CUDA

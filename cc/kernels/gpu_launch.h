@@ -78,23 +78,6 @@ TF_DCN_HD void AtomicAddTo(A* p, A v) {
 #endif
 }
 
-// Calls fn(T()) with the element type named by `type`, given this compiler's half types
-// (__half / __nv_bfloat16 on the device, Eigen's in the host emulation).
-template <typename Half, typename BFloat16, typename Fn>
-int WithGpuElementType(ElementType type, Fn fn) {
-  switch (type) {
-    case ElementType::kHalf:
-      return fn(Half());
-    case ElementType::kBFloat16:
-      return fn(BFloat16());
-    case ElementType::kFloat:
-      return fn(float());
-    case ElementType::kDouble:
-      return fn(double());
-  }
-  return kGpuOk;
-}
-
 // Returns from the enclosing launcher with the first non-zero error code.
 #define TF_DCN_GPU_TRY(expr)              \
   do {                                    \

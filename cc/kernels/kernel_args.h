@@ -5,8 +5,27 @@
 
 namespace tf_dcn {
 
-// Element type of every floating-point tensor of one op call.
+// Element type of every floating-point tensor of one op call. The TensorFlow side lists the same
+// four types once, in TF_DCN_CALL_ELEMENT_TYPES (element_types.h).
 enum class ElementType { kHalf, kBFloat16, kFloat, kDouble };
+
+// Calls fn(T()) with the C++ type named by `type` and returns what fn returns. Half and BFloat16
+// are the calling compiler's 16-bit types: Eigen's on the host (CPU kernels, host emulation),
+// __half and __nv_bfloat16 in the CUDA launchers.
+template <typename Half, typename BFloat16, typename Fn>
+auto WithElementType(ElementType type, Fn fn) -> decltype(fn(float())) {
+  switch (type) {
+    case ElementType::kHalf:
+      return fn(Half());
+    case ElementType::kBFloat16:
+      return fn(BFloat16());
+    case ElementType::kFloat:
+      return fn(float());
+    case ElementType::kDouble:
+      break;
+  }
+  return fn(double());
+}
 
 // Deformable convolution, NHWC (docs/semantics.md section 1). Pointers are host memory for the CPU
 // kernels and device memory for the CUDA launchers.

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cc/kernels/deform_conv2d_geometry.h"
+#include "cc/kernels/element_types.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -125,7 +126,7 @@ absl::Status DeformConv2DShape(InferenceContext* c) {
 }  // namespace
 
 #define TF_DCN_DEFORM_CONV2D_ATTRS                    \
-  Attr("T: {half, bfloat16, float, double}")          \
+  Attr(TF_DCN_ELEMENT_TYPES_ATTR)                     \
       .Attr("strides: list(int) = [1, 1]")            \
       .Attr("dilations: list(int) = [1, 1]")          \
       .Attr("padding: {'VALID', 'SAME', 'EXPLICIT'}") \

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "cc/kernels/element_types.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -94,16 +95,16 @@ absl::Status DeformPSRoIPoolShape(InferenceContext* c) {
 
 }  // namespace
 
-#define TF_DCN_DEFORM_PSROI_POOL_ATTRS          \
-  Attr("T: {half, bfloat16, float, double}")    \
-      .Attr("Troi: {float, double} = DT_FLOAT") \
-      .Attr("output_dim: int >= 1")             \
-      .Attr("group_size: int >= 1")             \
-      .Attr("pooled_size: int >= 1")            \
-      .Attr("part_size: int >= 1")              \
-      .Attr("sample_per_part: int >= 1 = 4")    \
-      .Attr("trans_std: float = 0.1")           \
-      .Attr("spatial_scale: float = 1.0")       \
+#define TF_DCN_DEFORM_PSROI_POOL_ATTRS       \
+  Attr(TF_DCN_ELEMENT_TYPES_ATTR)            \
+      .Attr(TF_DCN_ROI_TYPES_ATTR)           \
+      .Attr("output_dim: int >= 1")          \
+      .Attr("group_size: int >= 1")          \
+      .Attr("pooled_size: int >= 1")         \
+      .Attr("part_size: int >= 1")           \
+      .Attr("sample_per_part: int >= 1 = 4") \
+      .Attr("trans_std: float = 0.1")        \
+      .Attr("spatial_scale: float = 1.0")    \
       .Attr("use_offsets: bool = false")
 
 // features [N, H, W, output_dim*group_size^2]; rois [R, 5] = (batch_index, x1, y1, x2, y2) in

@@ -2,8 +2,11 @@
 // otherwise the CUDA entry points of cc/kernels/*.cu are called (nvcc, tests/gpu/run.sh).
 #include "tests/gpu/capi.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <iterator>
 
 #include "cc/kernels/deform_conv2d_geometry.h"
 #include "cc/kernels/deform_psroi_pool_geometry.h"
@@ -26,50 +29,62 @@
 namespace {
 
 using tf_dcn::DeformConv2DDims;
+using tf_dcn::DeformPSRoIPoolDims;
 using tf_dcn::ElementType;
 using tf_dcn::GpuLaunch;
 
-DeformConv2DDims ConvDims(const int64_t* v) {
-  DeformConv2DDims d;
-  d.batch = v[0];
-  d.in_h = v[1];
-  d.in_w = v[2];
-  d.in_c = v[3];
-  d.out_h = v[4];
-  d.out_w = v[5];
-  d.out_c = v[6];
-  d.kernel_h = v[7];
-  d.kernel_w = v[8];
-  d.stride_h = v[9];
-  d.stride_w = v[10];
-  d.dilation_h = v[11];
-  d.dilation_w = v[12];
-  d.pad_top = v[13];
-  d.pad_left = v[14];
-  d.groups = v[15];
-  d.deformable_groups = v[16];
-  d.use_mask = v[17] != 0;
-  d.use_bias = v[18] != 0;
-  return d;
-}
+// Name and offset of every field of the dims structs, for the ctypes mirror's layout check.
+struct FieldOffset {
+  const char* name;
+  int64_t offset;
+};
+#define TF_DCN_FIELD(Struct, field) \
+  FieldOffset { #field, static_cast<int64_t>(offsetof(Struct, field)) }
+constexpr FieldOffset kConvDimsFields[] = {
+    TF_DCN_FIELD(DeformConv2DDims, batch),
+    TF_DCN_FIELD(DeformConv2DDims, in_h),
+    TF_DCN_FIELD(DeformConv2DDims, in_w),
+    TF_DCN_FIELD(DeformConv2DDims, in_c),
+    TF_DCN_FIELD(DeformConv2DDims, out_h),
+    TF_DCN_FIELD(DeformConv2DDims, out_w),
+    TF_DCN_FIELD(DeformConv2DDims, out_c),
+    TF_DCN_FIELD(DeformConv2DDims, kernel_h),
+    TF_DCN_FIELD(DeformConv2DDims, kernel_w),
+    TF_DCN_FIELD(DeformConv2DDims, stride_h),
+    TF_DCN_FIELD(DeformConv2DDims, stride_w),
+    TF_DCN_FIELD(DeformConv2DDims, dilation_h),
+    TF_DCN_FIELD(DeformConv2DDims, dilation_w),
+    TF_DCN_FIELD(DeformConv2DDims, pad_top),
+    TF_DCN_FIELD(DeformConv2DDims, pad_left),
+    TF_DCN_FIELD(DeformConv2DDims, groups),
+    TF_DCN_FIELD(DeformConv2DDims, deformable_groups),
+    TF_DCN_FIELD(DeformConv2DDims, use_mask),
+    TF_DCN_FIELD(DeformConv2DDims, use_bias),
+};
+constexpr FieldOffset kPoolDimsFields[] = {
+    TF_DCN_FIELD(DeformPSRoIPoolDims, batch),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, height),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, width),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, channels),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, num_rois),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, output_dim),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, group_size),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, pooled_size),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, part_size),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, sample_per_part),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, num_classes),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, spatial_scale),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, trans_std),
+    TF_DCN_FIELD(DeformPSRoIPoolDims, use_offsets),
+};
+#undef TF_DCN_FIELD
 
-tf_dcn::DeformPSRoIPoolDims PoolDims(const int64_t* v, double spatial_scale, double trans_std) {
-  tf_dcn::DeformPSRoIPoolDims d;
-  d.batch = v[0];
-  d.height = v[1];
-  d.width = v[2];
-  d.channels = v[3];
-  d.num_rois = v[4];
-  d.output_dim = v[5];
-  d.group_size = v[6];
-  d.pooled_size = v[7];
-  d.part_size = v[8];
-  d.sample_per_part = v[9];
-  d.num_classes = v[10];
-  d.use_offsets = v[11] != 0;
-  d.spatial_scale = static_cast<float>(spatial_scale);
-  d.trans_std = static_cast<float>(trans_std);
-  return d;
+template <size_t N>
+int64_t OffsetOf(const FieldOffset (&fields)[N], const char* name) {
+  for (const FieldOffset& f : fields) {
+    if (std::strcmp(f.name, name) == 0) return f.offset;
+  }
+  return -1;
 }
 
 GpuLaunch MakeLaunch(int deterministic, void* stream) {
@@ -93,8 +108,7 @@ GpuLaunch MakeLaunch(int deterministic, void* stream) {
 using Exec = tf_dcn::HostExec;
 template <typename Fn>
 int WithType(int type, Fn fn) {
-  return tf_dcn::WithGpuElementType<Eigen::half, Eigen::bfloat16>(static_cast<ElementType>(type),
-                                                                  fn);
+  return tf_dcn::WithElementType<Eigen::half, Eigen::bfloat16>(static_cast<ElementType>(type), fn);
 }
 // fn(T(), TR()) for the element type and the rois type.
 template <typename Fn>
@@ -124,37 +138,44 @@ int tfdcn_on_device(void) {
 #endif
 }
 
-int tfdcn_conv_workspace_bytes(int type, const int64_t* dims, int deterministic, int backward,
+int64_t tfdcn_conv_dims_size(void) { return sizeof(DeformConv2DDims); }
+int64_t tfdcn_conv_dims_field_count(void) { return std::size(kConvDimsFields); }
+int64_t tfdcn_conv_dims_field_offset(const char* name) { return OffsetOf(kConvDimsFields, name); }
+int64_t tfdcn_pool_dims_size(void) { return sizeof(DeformPSRoIPoolDims); }
+int64_t tfdcn_pool_dims_field_count(void) { return std::size(kPoolDimsFields); }
+int64_t tfdcn_pool_dims_field_offset(const char* name) { return OffsetOf(kPoolDimsFields, name); }
+
+int tfdcn_conv_workspace_bytes(int type, const TfDcnConvDims* dims, int deterministic, int backward,
                                int64_t* bytes) {
   const GpuLaunch launch = MakeLaunch(deterministic, nullptr);
 #if defined(TF_DCN_CAPI_EMULATION)
   return WithType(type, [&](auto tag) {
-    return tf_dcn::conv_gpu::WorkspaceBytes<Exec, decltype(tag)>(ConvDims(dims), launch,
-                                                                 backward != 0, bytes);
+    return tf_dcn::conv_gpu::WorkspaceBytes<Exec, decltype(tag)>(*dims, launch, backward != 0,
+                                                                 bytes);
   });
 #else
-  return tf_dcn::DeformConv2DGpuWorkspaceBytes(static_cast<ElementType>(type), ConvDims(dims),
-                                               launch, backward != 0, bytes);
+  return tf_dcn::DeformConv2DGpuWorkspaceBytes(static_cast<ElementType>(type), *dims, launch,
+                                               backward != 0, bytes);
 #endif
 }
 
-int tfdcn_conv_forward(int type, const int64_t* dims, int deterministic, void* stream,
+int tfdcn_conv_forward(int type, const TfDcnConvDims* dims, int deterministic, void* stream,
                        const void* input, const void* offsets, const void* mask, const void* kernel,
                        const void* bias, void* output, void* workspace, int64_t workspace_bytes) {
   const GpuLaunch launch = MakeLaunch(deterministic, stream);
   const tf_dcn::DeformConv2DForwardArgs args{input, offsets, mask, kernel, bias, output};
 #if defined(TF_DCN_CAPI_EMULATION)
   return WithType(type, [&](auto tag) {
-    return tf_dcn::conv_gpu::Forward<Exec, decltype(tag)>(
-        static_cast<ElementType>(type), ConvDims(dims), launch, args, workspace, workspace_bytes);
+    return tf_dcn::conv_gpu::Forward<Exec, decltype(tag)>(static_cast<ElementType>(type), *dims,
+                                                          launch, args, workspace, workspace_bytes);
   });
 #else
-  return tf_dcn::DeformConv2DGpuForward(static_cast<ElementType>(type), ConvDims(dims), launch,
-                                        args, workspace, workspace_bytes);
+  return tf_dcn::DeformConv2DGpuForward(static_cast<ElementType>(type), *dims, launch, args,
+                                        workspace, workspace_bytes);
 #endif
 }
 
-int tfdcn_conv_backward(int type, const int64_t* dims, int deterministic, void* stream,
+int tfdcn_conv_backward(int type, const TfDcnConvDims* dims, int deterministic, void* stream,
                         const void* input, const void* offsets, const void* mask,
                         const void* kernel, const void* grad_output, void* grad_input,
                         void* grad_offsets, void* grad_mask, void* grad_kernel, void* grad_bias,
@@ -166,18 +187,18 @@ int tfdcn_conv_backward(int type, const int64_t* dims, int deterministic, void* 
 #if defined(TF_DCN_CAPI_EMULATION)
   return WithType(type, [&](auto tag) {
     return tf_dcn::conv_gpu::Backward<Exec, decltype(tag)>(
-        static_cast<ElementType>(type), ConvDims(dims), launch, args, workspace, workspace_bytes);
+        static_cast<ElementType>(type), *dims, launch, args, workspace, workspace_bytes);
   });
 #else
-  return tf_dcn::DeformConv2DGpuBackward(static_cast<ElementType>(type), ConvDims(dims), launch,
-                                         args, workspace, workspace_bytes);
+  return tf_dcn::DeformConv2DGpuBackward(static_cast<ElementType>(type), *dims, launch, args,
+                                         workspace, workspace_bytes);
 #endif
 }
 
-int tfdcn_pool_workspace_bytes(int type, int rois_double, const int64_t* dims, int deterministic,
-                               int backward, int64_t* bytes) {
+int tfdcn_pool_workspace_bytes(int type, int rois_double, const TfDcnPoolDims* dims,
+                               int deterministic, int backward, int64_t* bytes) {
   const GpuLaunch launch = MakeLaunch(deterministic, nullptr);
-  const tf_dcn::DeformPSRoIPoolDims d = PoolDims(dims, 1.0, 0.0);
+  const DeformPSRoIPoolDims& d = *dims;
 #if defined(TF_DCN_CAPI_EMULATION)
   (void)rois_double;
   return WithType(type, [&](auto tag) {
@@ -189,12 +210,11 @@ int tfdcn_pool_workspace_bytes(int type, int rois_double, const int64_t* dims, i
 #endif
 }
 
-int tfdcn_pool_forward(int type, int rois_double, const int64_t* dims, double spatial_scale,
-                       double trans_std, int deterministic, void* stream, const void* features,
-                       const void* rois, const void* offsets, void* output, void* workspace,
-                       int64_t workspace_bytes) {
+int tfdcn_pool_forward(int type, int rois_double, const TfDcnPoolDims* dims, int deterministic,
+                       void* stream, const void* features, const void* rois, const void* offsets,
+                       void* output, void* workspace, int64_t workspace_bytes) {
   const GpuLaunch launch = MakeLaunch(deterministic, stream);
-  const tf_dcn::DeformPSRoIPoolDims d = PoolDims(dims, spatial_scale, trans_std);
+  const DeformPSRoIPoolDims& d = *dims;
 #if defined(TF_DCN_CAPI_EMULATION)
   return WithTypes(type, rois_double, [&](auto tag, auto rois_tag) {
     return tf_dcn::pool_gpu::Forward<Exec, decltype(tag), decltype(rois_tag)>(
@@ -207,13 +227,12 @@ int tfdcn_pool_forward(int type, int rois_double, const int64_t* dims, double sp
 #endif
 }
 
-int tfdcn_pool_backward(int type, int rois_double, const int64_t* dims, double spatial_scale,
-                        double trans_std, int deterministic, void* stream, const void* features,
-                        const void* rois, const void* offsets, const void* grad_output,
-                        void* grad_features, void* grad_offsets, void* workspace,
-                        int64_t workspace_bytes) {
+int tfdcn_pool_backward(int type, int rois_double, const TfDcnPoolDims* dims, int deterministic,
+                        void* stream, const void* features, const void* rois, const void* offsets,
+                        const void* grad_output, void* grad_features, void* grad_offsets,
+                        void* workspace, int64_t workspace_bytes) {
   const GpuLaunch launch = MakeLaunch(deterministic, stream);
-  const tf_dcn::DeformPSRoIPoolDims d = PoolDims(dims, spatial_scale, trans_std);
+  const DeformPSRoIPoolDims& d = *dims;
 #if defined(TF_DCN_CAPI_EMULATION)
   return WithTypes(type, rois_double, [&](auto tag, auto rois_tag) {
     return tf_dcn::pool_gpu::Backward<Exec, decltype(tag), decltype(rois_tag)>(

@@ -1,4 +1,5 @@
-/* Framework-free C API over tf-dcn's GPU launchers, for testing them without TensorFlow.
+/* Framework-free C API over tf-dcn's GPU launchers, for testing them without TensorFlow. C++ only
+ * (the dims are the kernels' C++ structs); the callers are ctypes (capi_dims.py).
  *
  * Built two ways from capi.cc:
  *   - on a GPU machine by tests/gpu/run.sh (nvcc): the CUDA launchers of cc/kernels (.cu files),
@@ -9,35 +10,47 @@
  *     tests/test_gpu_emulation_{conv,pool}.py against the NumPy references.
  *
  * type: 0 float16, 1 bfloat16, 2 float32, 3 float64 (tf_dcn::ElementType).
- * conv dims (19 int64): N, H, W, C, Ho, Wo, Cout, kh, kw, stride_h, stride_w, dilation_h,
- *   dilation_w, pad_top, pad_left, groups, deformable_groups, use_mask, use_bias.
- * pool dims (12 int64): N, H, W, C, num_rois, output_dim, group_size, pooled_size, part_size,
- *   sample_per_part, num_classes, use_offsets (features [N, H, W, C], C = output_dim *
- *   group_size^2; rois [num_rois, 5], float64 when rois_double else float32, batch indices
- *   already valid; offsets [num_rois, part_size, part_size, 2*num_classes], x before y, read only
- *   when use_offsets; num_classes is 1 without offsets). spatial_scale and trans_std are rounded
- *   to float32, like the op's attributes.
- * Every function returns 0 or an error code; tfdcn_error_string explains it.
+ * The dimensions are the kernels' own structs, passed by pointer: tf_dcn::DeformConv2DDims
+ * (deform_conv2d_geometry.h) and tf_dcn::DeformPSRoIPoolDims (deform_psroi_pool_geometry.h:
+ * features [batch, height, width, channels], channels = output_dim * group_size^2; rois
+ * [num_rois, 5], float64 when rois_double else float32, batch indices already valid; offsets
+ * [num_rois, part_size, part_size, 2*num_classes], x before y, read only when use_offsets;
+ * num_classes is 1 without offsets; spatial_scale and trans_std float32 like the op's
+ * attributes). tests/gpu/capi_dims.py mirrors both with ctypes and checks the mirror against
+ * the tfdcn_*_dims_size / _field_count / _field_offset functions below.
+ * Every launcher returns 0 or an error code; tfdcn_error_string explains it.
  */
 #ifndef TF_DCN_TESTS_GPU_CAPI_H_
 #define TF_DCN_TESTS_GPU_CAPI_H_
 
 #include <stdint.h>
 
-#ifdef __cplusplus
+#include "cc/kernels/deform_conv2d_geometry.h"
+#include "cc/kernels/deform_psroi_pool_geometry.h"
+
 extern "C" {
-#endif
+
+typedef tf_dcn::DeformConv2DDims TfDcnConvDims;
+typedef tf_dcn::DeformPSRoIPoolDims TfDcnPoolDims;
 
 const char* tfdcn_error_string(int code);
 /* 1 for the CUDA build, 0 for the host emulation. */
 int tfdcn_on_device(void);
 
-int tfdcn_conv_workspace_bytes(int type, const int64_t* dims, int deterministic, int backward,
+/* Layout of the two dims structs: sizeof, number of fields, offset of a field (-1: no such). */
+int64_t tfdcn_conv_dims_size(void);
+int64_t tfdcn_conv_dims_field_count(void);
+int64_t tfdcn_conv_dims_field_offset(const char* name);
+int64_t tfdcn_pool_dims_size(void);
+int64_t tfdcn_pool_dims_field_count(void);
+int64_t tfdcn_pool_dims_field_offset(const char* name);
+
+int tfdcn_conv_workspace_bytes(int type, const TfDcnConvDims* dims, int deterministic, int backward,
                                int64_t* bytes);
-int tfdcn_conv_forward(int type, const int64_t* dims, int deterministic, void* stream,
+int tfdcn_conv_forward(int type, const TfDcnConvDims* dims, int deterministic, void* stream,
                        const void* input, const void* offsets, const void* mask, const void* kernel,
                        const void* bias, void* output, void* workspace, int64_t workspace_bytes);
-int tfdcn_conv_backward(int type, const int64_t* dims, int deterministic, void* stream,
+int tfdcn_conv_backward(int type, const TfDcnConvDims* dims, int deterministic, void* stream,
                         const void* input, const void* offsets, const void* mask,
                         const void* kernel, const void* grad_output, void* grad_input,
                         void* grad_offsets, void* grad_mask, void* grad_kernel, void* grad_bias,
@@ -45,20 +58,16 @@ int tfdcn_conv_backward(int type, const int64_t* dims, int deterministic, void* 
 
 /* Deformable (PS-)RoI pooling. The forward pass needs no workspace (0 bytes). grad_features is
  * always written; grad_offsets only when use_offsets (may be NULL otherwise). */
-int tfdcn_pool_workspace_bytes(int type, int rois_double, const int64_t* dims, int deterministic,
-                               int backward, int64_t* bytes);
-int tfdcn_pool_forward(int type, int rois_double, const int64_t* dims, double spatial_scale,
-                       double trans_std, int deterministic, void* stream, const void* features,
-                       const void* rois, const void* offsets, void* output, void* workspace,
-                       int64_t workspace_bytes);
-int tfdcn_pool_backward(int type, int rois_double, const int64_t* dims, double spatial_scale,
-                        double trans_std, int deterministic, void* stream, const void* features,
-                        const void* rois, const void* offsets, const void* grad_output,
-                        void* grad_features, void* grad_offsets, void* workspace,
-                        int64_t workspace_bytes);
+int tfdcn_pool_workspace_bytes(int type, int rois_double, const TfDcnPoolDims* dims,
+                               int deterministic, int backward, int64_t* bytes);
+int tfdcn_pool_forward(int type, int rois_double, const TfDcnPoolDims* dims, int deterministic,
+                       void* stream, const void* features, const void* rois, const void* offsets,
+                       void* output, void* workspace, int64_t workspace_bytes);
+int tfdcn_pool_backward(int type, int rois_double, const TfDcnPoolDims* dims, int deterministic,
+                        void* stream, const void* features, const void* rois, const void* offsets,
+                        const void* grad_output, void* grad_features, void* grad_offsets,
+                        void* workspace, int64_t workspace_bytes);
 
-#ifdef __cplusplus
-}
-#endif
+}  // extern "C"
 
 #endif /* TF_DCN_TESTS_GPU_CAPI_H_ */

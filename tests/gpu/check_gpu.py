@@ -61,29 +61,41 @@ FAILURES: list[str] = []
 
 # ---- C API ---------------------------------------------------------------------------------
 
+def _load_capi_dims():
+    """tests/gpu/capi_dims.py by path (the tests package imports TensorFlow)."""
+    spec = importlib.util.spec_from_file_location("capi_dims", Path(__file__).with_name(
+        "capi_dims.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+capi_dims = _load_capi_dims()
+
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 _I64 = ctypes.c_int64
 _I64P = ctypes.POINTER(ctypes.c_int64)
-_D = ctypes.c_double
+_CONV = ctypes.POINTER(capi_dims.ConvDims)
+_POOL = ctypes.POINTER(capi_dims.PoolDims)
 
 _SIGNATURES = {
     # name: argtypes (all return int)
-    "tfdcn_conv_workspace_bytes": [_I, _I64P, _I, _I, _I64P],
+    "tfdcn_conv_workspace_bytes": [_I, _CONV, _I, _I, _I64P],
     # type, dims, deterministic, stream, input, offsets, mask, kernel, bias, output, workspace,
     # bytes
-    "tfdcn_conv_forward": [_I, _I64P, _I, _P] + [_P] * 7 + [_I64],
+    "tfdcn_conv_forward": [_I, _CONV, _I, _P] + [_P] * 7 + [_I64],
     # type, dims, deterministic, stream, input, offsets, mask, kernel, grad_output, grad_input,
     # grad_offsets, grad_mask, grad_kernel, grad_bias, workspace, bytes
-    "tfdcn_conv_backward": [_I, _I64P, _I, _P] + [_P] * 11 + [_I64],
+    "tfdcn_conv_backward": [_I, _CONV, _I, _P] + [_P] * 11 + [_I64],
     # type, rois_double, dims, deterministic, backward, bytes
-    "tfdcn_pool_workspace_bytes": [_I, _I, _I64P, _I, _I, _I64P],
-    # type, rois_double, dims, spatial_scale, trans_std, deterministic, stream, features, rois,
-    # offsets, output, workspace, bytes
-    "tfdcn_pool_forward": [_I, _I, _I64P, _D, _D, _I, _P] + [_P] * 5 + [_I64],
+    "tfdcn_pool_workspace_bytes": [_I, _I, _POOL, _I, _I, _I64P],
+    # type, rois_double, dims, deterministic, stream, features, rois, offsets, output, workspace,
+    # bytes
+    "tfdcn_pool_forward": [_I, _I, _POOL, _I, _P] + [_P] * 5 + [_I64],
     # ... stream, features, rois, offsets, grad_output, grad_features, grad_offsets, workspace,
     # bytes
-    "tfdcn_pool_backward": [_I, _I, _I64P, _D, _D, _I, _P] + [_P] * 7 + [_I64],
+    "tfdcn_pool_backward": [_I, _I, _POOL, _I, _P] + [_P] * 7 + [_I64],
 }
 
 
@@ -105,6 +117,7 @@ class CApi:
                 continue
             fn.argtypes = argtypes
             fn.restype = _I
+        capi_dims.check_layout(self.lib)
 
     def call(self, name: str, *args) -> None:
         code = getattr(self.lib, name)(*args)
@@ -118,10 +131,6 @@ class CApi:
         self.call(name, *args, ctypes.byref(nbytes))
         return torch.empty(max(int(nbytes.value), 1), dtype=torch.uint8, device=DEVICE)
 
-
-def dims_array(values) -> ctypes.Array:
-    values = [int(v) for v in values]
-    return (ctypes.c_int64 * len(values))(*values)
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
@@ -206,12 +215,14 @@ class ConvSpec:
     def taps(self) -> int:
         return self.kh * self.kw
 
-    def dims(self) -> ctypes.Array:
-        """The 19 int64 conv dims of capi.h."""
-        return dims_array([self.n, self.h, self.w, self.c, self.ho, self.wo, self.cout, self.kh,
-                           self.kw, self.stride[0], self.stride[1], self.dil[0], self.dil[1],
-                           self.pad[0], self.pad[1], self.groups, self.dg, int(self.mask),
-                           int(self.bias)])
+    def dims(self):
+        """The C API's tf_dcn::DeformConv2DDims."""
+        return ctypes.byref(capi_dims.ConvDims(
+            batch=self.n, in_h=self.h, in_w=self.w, in_c=self.c, out_h=self.ho, out_w=self.wo,
+            out_c=self.cout, kernel_h=self.kh, kernel_w=self.kw, stride_h=self.stride[0],
+            stride_w=self.stride[1], dilation_h=self.dil[0], dilation_w=self.dil[1],
+            pad_top=self.pad[0], pad_left=self.pad[1], groups=self.groups,
+            deformable_groups=self.dg, use_mask=self.mask, use_bias=self.bias))
 
 
 def conv_tensors(spec: ConvSpec, seed: int, offsets: str = "kink_free") -> dict:
@@ -448,12 +459,16 @@ class PoolSpec:
     def channels(self) -> int:
         return self.output_dim * self.group_size ** 2
 
-    def dims(self) -> ctypes.Array:
-        """The 12 int64 pool dims of capi.h."""
-        return dims_array([self.n, self.h, self.w, self.channels, self.num_rois, self.output_dim,
-                           self.group_size, self.pooled_size, self.part_size,
-                           self.sample_per_part, self.num_classes if self.use_offsets else 1,
-                           int(self.use_offsets)])
+    def dims(self):
+        """The C API's tf_dcn::DeformPSRoIPoolDims."""
+        return ctypes.byref(capi_dims.PoolDims(
+            batch=self.n, height=self.h, width=self.w, channels=self.channels,
+            num_rois=self.num_rois, output_dim=self.output_dim, group_size=self.group_size,
+            pooled_size=self.pooled_size, part_size=self.part_size,
+            sample_per_part=self.sample_per_part,
+            num_classes=self.num_classes if self.use_offsets else 1,
+            spatial_scale=self.spatial_scale, trans_std=self.trans_std,
+            use_offsets=self.use_offsets))
 
 
 def pool_inputs(spec: PoolSpec, seed: int) -> dict:
@@ -497,9 +512,8 @@ def ours_pool(api: CApi, spec: PoolSpec, t: dict, rois_double: bool, determinist
     code = TYPE_CODES[dtype]
     ws = api.workspace("tfdcn_pool_workspace_bytes", code, int(rois_double), spec.dims(),
                        int(deterministic), int(backward))
-    common = (code, int(rois_double), spec.dims(), float(spec.spatial_scale),
-              float(spec.trans_std), int(deterministic), stream(), ptr(t["features"]),
-              ptr(t["rois"]), ptr(t["offsets"]))
+    common = (code, int(rois_double), spec.dims(), int(deterministic), stream(),
+              ptr(t["features"]), ptr(t["rois"]), ptr(t["offsets"]))
     if not backward:
         out = torch.full((spec.num_rois, spec.pooled_size, spec.pooled_size, spec.output_dim),
                          math.nan, dtype=dtype, device=DEVICE)

@@ -3,6 +3,7 @@
 // Compiled only into the CUDA op library (TF_DCN_WITH_CUDA).
 #include "cc/kernels/deform_conv2d_functor.h"
 #include "cc/kernels/deform_conv2d_gpu.h"
+#include "cc/kernels/element_types.h"
 #include "cc/kernels/gpu/gpu_op_util.h"
 #include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -68,10 +69,7 @@ struct DeformConv2DBackward<GpuDevice, T> {
 #define TF_DCN_INSTANTIATE_GPU(T)                    \
   template struct DeformConv2DForward<GpuDevice, T>; \
   template struct DeformConv2DBackward<GpuDevice, T>;
-TF_DCN_INSTANTIATE_GPU(Eigen::half);
-TF_DCN_INSTANTIATE_GPU(Eigen::bfloat16);
-TF_DCN_INSTANTIATE_GPU(float);
-TF_DCN_INSTANTIATE_GPU(double);
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_INSTANTIATE_GPU)
 #undef TF_DCN_INSTANTIATE_GPU
 
 }  // namespace tf_dcn

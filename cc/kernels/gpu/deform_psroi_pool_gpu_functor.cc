@@ -5,6 +5,7 @@
 
 #include "cc/kernels/deform_psroi_pool_functor.h"
 #include "cc/kernels/deform_psroi_pool_gpu.h"
+#include "cc/kernels/element_types.h"
 #include "cc/kernels/gpu/gpu_op_util.h"
 #include "cc/kernels/op_util.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -70,13 +71,8 @@ struct DeformPSRoIPoolBackward<GpuDevice, T, TR> {
 #define TF_DCN_INSTANTIATE_GPU(T, TR)                       \
   template struct DeformPSRoIPoolForward<GpuDevice, T, TR>; \
   template struct DeformPSRoIPoolBackward<GpuDevice, T, TR>;
-#define TF_DCN_INSTANTIATE_GPU_ALL_ROIS(T) \
-  TF_DCN_INSTANTIATE_GPU(T, float)         \
-  TF_DCN_INSTANTIATE_GPU(T, double)
-TF_DCN_INSTANTIATE_GPU_ALL_ROIS(Eigen::half)
-TF_DCN_INSTANTIATE_GPU_ALL_ROIS(Eigen::bfloat16)
-TF_DCN_INSTANTIATE_GPU_ALL_ROIS(float)
-TF_DCN_INSTANTIATE_GPU_ALL_ROIS(double)
+#define TF_DCN_INSTANTIATE_GPU_ALL_ROIS(T) TF_DCN_CALL_ROI_TYPES(TF_DCN_INSTANTIATE_GPU, T)
+TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_INSTANTIATE_GPU_ALL_ROIS)
 #undef TF_DCN_INSTANTIATE_GPU_ALL_ROIS
 #undef TF_DCN_INSTANTIATE_GPU
 
