@@ -16,17 +16,6 @@ namespace {
 
 using CPUDevice = Eigen::ThreadPoolDevice;
 
-CpuParallel MakeCpuParallel(tensorflow::OpKernelContext* ctx) {
-  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  CpuParallel parallel;
-  parallel.num_threads = workers->NumThreads();
-  parallel.parallel_for = [workers](int64_t total, int64_t cost,
-                                    const std::function<void(int64_t, int64_t)>& fn) {
-    workers->ParallelFor(total, cost, fn);
-  };
-  return parallel;
-}
-
 absl::Status ChooseIsa(CpuIsa* isa) {
   std::string error;
   if (!SelectCpuIsa(isa, &error)) return absl::InvalidArgumentError(error);

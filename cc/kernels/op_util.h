@@ -2,7 +2,11 @@
 #ifndef TF_DCN_CC_KERNELS_OP_UTIL_H_
 #define TF_DCN_CC_KERNELS_OP_UTIL_H_
 
+#include <functional>
+
+#include "cc/kernels/cpu_dispatch.h"
 #include "cc/kernels/kernel_args.h"
+#include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace tf_dcn {
@@ -31,6 +35,18 @@ constexpr ElementType ElementTypeOf<float>() {
 template <>
 constexpr ElementType ElementTypeOf<double>() {
   return ElementType::kDouble;
+}
+
+// The op's intra-op thread pool, for the TF-free CPU kernels.
+inline CpuParallel MakeCpuParallel(tensorflow::OpKernelContext* ctx) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  CpuParallel parallel;
+  parallel.num_threads = workers->NumThreads();
+  parallel.parallel_for = [workers](int64_t total, int64_t cost,
+                                    const std::function<void(int64_t, int64_t)>& fn) {
+    workers->ParallelFor(total, cost, fn);
+  };
+  return parallel;
 }
 
 }  // namespace tf_dcn
