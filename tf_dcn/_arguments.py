@@ -1,7 +1,9 @@
-"""Normalisation of the int-or-pair and padding arguments shared by ops and layers."""
+"""Validation and normalisation of the arguments shared by the op wrappers, the composites and
+the layers (int-or-pair, padding, positive ints, op attributes, float dtypes)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Sequence, Union
 
@@ -9,6 +11,12 @@ import tensorflow as tf
 
 IntOrPair = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+
+#: The dtypes of the features/inputs the ops and the composites accept.
+FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+_INT32_MAX = 2**31 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _is_int(value) -> bool:
@@ -98,6 +106,30 @@ def positive_int(value, name: str) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def positive_int32(value, name: str) -> int:
+    """``value`` as an int in ``[1, 2**31 - 1]`` (an int32 op attribute); ValueError naming
+    ``name`` otherwise. Accepts any integral number (``np.int64`` too) but not ``bool``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 1 <= int(value) <= _INT32_MAX:
+        raise ValueError(
+            f"{name} must be a positive int no larger than {_INT32_MAX}, got {value!r}")
+    return int(value)
+
+
+def non_negative_float32(value, name: str) -> float:
+    """``value`` as a finite float in ``[0, float32 max]`` (a float32 op attribute); ValueError
+    naming ``name`` otherwise."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0.0 or value > _FLOAT32_MAX:
+        raise ValueError(
+            f"{name} must be a finite non-negative number (a float32 attribute), got {value!r}"
+        )
+    return value
 
 
 def normalize_conv_arguments(strides: IntOrPair, padding: Padding, dilation_rate: IntOrPair,

@@ -42,16 +42,10 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
-from tf_dcn._arguments import IntOrPair, Padding, normalize_conv_arguments, static_dim
+from tf_dcn._arguments import (FLOAT_DTYPES, IntOrPair, Padding, non_negative_float32,
+                               normalize_conv_arguments, positive_int32, static_dim)
 from tf_dcn.deform_conv import check_deform_conv2d_shapes
-from tf_dcn.deform_psroi_pool import (
-    _DTYPES,
-    _convert_rois,
-    _non_negative_float,
-    _positive_int,
-    check_deform_psroi_pool_shapes,
-    roi_pool_channels,
-)
+from tf_dcn.deform_psroi_pool import check_deform_psroi_pool_shapes, convert_rois, roi_pool_channels
 
 __all__ = ["IMPLEMENTATIONS", "check_implementation", "deform_conv2d", "deform_psroi_pool",
            "deform_roi_pool"]
@@ -116,12 +110,16 @@ def _c_round(x: tf.Tensor) -> tf.Tensor:
 
 def _in_xla_context() -> bool:
     """True while a function is traced for XLA (``tf.function(jit_compile=True)``, Keras'
-    ``jit_compile=True``). Uses TensorFlow's internal helper; False if it is unavailable."""
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - internal module moved
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    ``jit_compile=True``), also in functions first traced while it is.
+
+    TensorFlow has no public API for this. ``tf.__internal__.get_enclosing_xla_context`` is an
+    exported name (the ``tf.__internal__`` namespace TensorFlow keeps for libraries built on it,
+    outside its semantic-versioning guarantee) rather than a ``tensorflow.python`` module. If a
+    TensorFlow version lacks it this returns False: the gathers are then split into blocks under
+    XLA too, with the same results.
+    """
+    get_context = getattr(getattr(tf, "__internal__", None), "get_enclosing_xla_context", None)
+    return get_context is not None and get_context() is not None
 
 
 # Outside XLA every gather materialises its rows. Blocks of at most this many bytes are
@@ -278,7 +276,7 @@ def deform_conv2d(
     with tf.name_scope(name or "deform_conv2d_composite"):
         inputs = tf.convert_to_tensor(inputs, name="inputs")
         dtype = inputs.dtype
-        if dtype not in _DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"inputs: dtype must be float16, bfloat16, float32 or float64, got {dtype}"
             )
@@ -508,13 +506,13 @@ def deform_psroi_pool(
         >>> out.shape
         TensorShape([1, 7, 7, 21])
     """
-    output_dim = _positive_int(output_dim, "output_dim")
-    group_size = _positive_int(group_size, "group_size")
-    pooled_size = group_size if pooled_size is None else _positive_int(pooled_size, "pooled_size")
-    part_size = pooled_size if part_size is None else _positive_int(part_size, "part_size")
-    sample_per_part = _positive_int(sample_per_part, "sample_per_part")
-    trans_std = _non_negative_float(trans_std, "trans_std")
-    spatial_scale = _non_negative_float(spatial_scale, "spatial_scale")
+    output_dim = positive_int32(output_dim, "output_dim")
+    group_size = positive_int32(group_size, "group_size")
+    pooled_size = group_size if pooled_size is None else positive_int32(pooled_size, "pooled_size")
+    part_size = pooled_size if part_size is None else positive_int32(part_size, "part_size")
+    sample_per_part = positive_int32(sample_per_part, "sample_per_part")
+    trans_std = non_negative_float32(trans_std, "trans_std")
+    spatial_scale = non_negative_float32(spatial_scale, "spatial_scale")
     # The op's attributes are float32.
     trans_std = float(np.float32(trans_std))
     spatial_scale = float(np.float32(spatial_scale))
@@ -522,11 +520,11 @@ def deform_psroi_pool(
     with tf.name_scope(name or "deform_psroi_pool_composite"):
         features = tf.convert_to_tensor(features, name="features")
         dtype = features.dtype
-        if dtype not in _DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"features: dtype must be float16, bfloat16, float32 or float64, got {dtype}"
             )
-        rois = tf.stop_gradient(_convert_rois(rois, dtype))
+        rois = tf.stop_gradient(convert_rois(rois, dtype))
         if offsets is not None:
             offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
         _validate_pool(features, rois, offsets, output_dim, group_size, part_size)

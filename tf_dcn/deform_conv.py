@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_dcn._arguments import (IntOrPair, Padding, check_rank, normalize_conv_arguments,
-                               static_dim)
+from tf_dcn._arguments import (FLOAT_DTYPES, IntOrPair, Padding, check_rank,
+                               normalize_conv_arguments, static_dim)
 from tf_dcn._loader import load_ops
 
 _FORWARD_OP = "TfDcn>DeformableConv2D"
@@ -141,7 +141,7 @@ def deform_conv2d(
     with tf.name_scope(name or "deform_conv2d"):
         inputs = tf.convert_to_tensor(inputs, name="inputs")
         dtype = inputs.dtype
-        if dtype not in (tf.float16, tf.bfloat16, tf.float32, tf.float64):
+        if dtype not in FLOAT_DTYPES:
             raise ValueError(f"inputs: dtype must be float16, bfloat16, float32 or float64, got {dtype}")
         offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
         kernel = tf.convert_to_tensor(kernel, dtype=dtype, name="kernel")

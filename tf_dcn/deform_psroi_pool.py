@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import tensorflow as tf
 
-from tf_dcn._arguments import check_rank, static_dim
+from tf_dcn._arguments import (FLOAT_DTYPES, check_rank, non_negative_float32, positive_int32,
+                               static_dim)
 from tf_dcn._loader import load_ops
 
 _FORWARD_OP = "TfDcn>DeformablePSRoIPool"
 _GRAD_OP = "TfDcn>DeformablePSRoIPoolGrad"
-_MAX_SIZE = 2**31 - 1
-_FLOAT32_MAX = 3.4028234663852886e38
-_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
 def roi_pool_channels(features: tf.Tensor) -> int:
@@ -82,27 +77,10 @@ def check_deform_psroi_pool_shapes(features: tf.Tensor, rois: tf.Tensor,
         )
 
 
-def _positive_int(value, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not 1 <= int(value) <= _MAX_SIZE:
-        raise ValueError(f"{name} must be a positive int no larger than {_MAX_SIZE}, got {value!r}")
-    return int(value)
-
-
-def _non_negative_float(value, name: str) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0.0 or value > _FLOAT32_MAX:
-        raise ValueError(
-            f"{name} must be a finite non-negative number (a float32 attribute), got {value!r}"
-        )
-    return value
-
-
-def _convert_rois(rois, dtype: tf.DType) -> tf.Tensor:
-    """rois as float64 when given (or when features are) float64, float32 otherwise."""
+def convert_rois(rois, dtype: tf.DType) -> tf.Tensor:
+    """``rois`` as a tensor: float64 when given (or when the features, of ``dtype``, are) float64,
+    float32 otherwise; ValueError for a dtype that is neither float nor int. Shared with
+    :mod:`tf_dcn.composite`."""
     rois = tf.convert_to_tensor(rois, name="rois")
     if rois.dtype == tf.float64:
         return rois
@@ -189,22 +167,22 @@ def deform_psroi_pool(
         >>> out.shape
         TensorShape([1, 7, 7, 21])
     """
-    output_dim = _positive_int(output_dim, "output_dim")
-    group_size = _positive_int(group_size, "group_size")
-    pooled_size = group_size if pooled_size is None else _positive_int(pooled_size, "pooled_size")
-    part_size = pooled_size if part_size is None else _positive_int(part_size, "part_size")
-    sample_per_part = _positive_int(sample_per_part, "sample_per_part")
-    trans_std = _non_negative_float(trans_std, "trans_std")
-    spatial_scale = _non_negative_float(spatial_scale, "spatial_scale")
+    output_dim = positive_int32(output_dim, "output_dim")
+    group_size = positive_int32(group_size, "group_size")
+    pooled_size = group_size if pooled_size is None else positive_int32(pooled_size, "pooled_size")
+    part_size = pooled_size if part_size is None else positive_int32(part_size, "part_size")
+    sample_per_part = positive_int32(sample_per_part, "sample_per_part")
+    trans_std = non_negative_float32(trans_std, "trans_std")
+    spatial_scale = non_negative_float32(spatial_scale, "spatial_scale")
 
     with tf.name_scope(name or "deform_psroi_pool"):
         features = tf.convert_to_tensor(features, name="features")
         dtype = features.dtype
-        if dtype not in _DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"features: dtype must be float16, bfloat16, float32 or float64, got {dtype}"
             )
-        rois = _convert_rois(rois, dtype)
+        rois = convert_rois(rois, dtype)
         use_offsets = offsets is not None
         if use_offsets:
             offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")

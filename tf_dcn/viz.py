@@ -194,13 +194,11 @@ def _layer_offsets(layer: Any, x: np.ndarray) -> np.ndarray:
 
 
 def _layer_geometry(layer: Any, input_size: tuple[int, int]) -> dict[str, Any]:
-    explicit = list(layer._explicit_padding or [])
     return {
         "kernel_size": tuple(layer.kernel_size),
         "strides": tuple(layer.strides),
         "dilation_rate": tuple(layer.dilation_rate),
-        "padding": ((explicit[0], explicit[1]), (explicit[2], explicit[3])) if (
-            layer._padding_mode == "EXPLICIT") else layer._padding_mode.lower(),
+        "padding": layer.normalized_padding,
         "input_size": input_size,
     }
 
@@ -349,8 +347,9 @@ def _spatial_params(layer: Any) -> tuple[tuple[int, int], tuple[int, int], tuple
     from tf_dcn.layers import DeformableConv2D
 
     if isinstance(layer, DeformableConv2D):
+        mode, explicit = normalize_padding(layer.normalized_padding)
         return (tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate),
-                layer._padding_mode, list(layer._explicit_padding or []))
+                mode, explicit)
     kernel = getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None)
     strides = getattr(layer, "strides", None)
     padding = getattr(layer, "padding", None)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import keras
 import tensorflow as tf
 
 from tf_dcn import composite
-from tf_dcn._arguments import conv_output_size, normalize_pair, normalize_padding
+from tf_dcn._arguments import (check_rank, conv_output_size, normalize_pair, normalize_padding,
+                               positive_int)
 from tf_dcn.deform_conv import deform_conv2d
 from tf_dcn.layers._implementation import ImplementationSwitch
+from tf_dcn.layers._input_structure import InputSpecPerStructure
+
+_INPUT_NAMES = ("x", "offsets", "mask")
 
 
 def _is_shape_list(input_shape: Any) -> bool:
@@ -19,8 +24,30 @@ def _is_shape_list(input_shape: Any) -> bool:
             and isinstance(input_shape[0], (list, tuple, tf.TensorShape)))
 
 
+def _plain_ints(value):
+    """``value`` with numpy integers as Python ints, its structure kept (for get_config)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain_ints(item) for item in value)
+    return value
+
+
+def _standardize_data_format(data_format: str | None) -> str:
+    """``keras.config.image_data_format()`` for None, else the lower-cased value, which must be
+    ``"channels_last"`` or ``"channels_first"`` (Keras' own rule for ``data_format``)."""
+    if data_format is None:
+        return keras.config.image_data_format()
+    value = str(data_format).lower()
+    if value not in ("channels_last", "channels_first"):
+        raise ValueError(
+            f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
+        )
+    return value
+
+
 @keras.saving.register_keras_serializable(package="tf_dcn")
-class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
+class DeformableConv2D(ImplementationSwitch, InputSpecPerStructure, keras.layers.Layer):
     """2-D deformable convolution (Dai et al. 2017; modulated v2, Zhu et al. 2019).
 
     Every kernel tap samples the input bilinearly at a learned offset from its regular grid
@@ -33,10 +60,13 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
     channels (v1), or ``3*DG*kh*kw`` (v2: the first ``2*DG*kh*kw`` are the offsets, the last
     ``DG*kh*kw`` pass through a sigmoid to form the mask, as in mmcv and detectron2). It is
     zero-initialised by default. Called on ``[x, offsets]`` or ``[x, offsets, mask]``, it uses
-    those and owns no branch (decided at the first call).
+    those and owns no branch (decided at the first call). External offsets and mask are cast
+    to the dtype of ``x`` as the layer sees it (its compute dtype, since Keras autocasts float
+    inputs; with ``autocast=False`` the dtype ``x`` comes in), like the weights.
 
     Args:
-        filters: number of output channels ``Cout``; divisible by ``groups``.
+        filters: number of output channels ``Cout``; divisible by ``groups``. Ints here and
+            below may be any integral number (``np.int64`` too), not ``bool``.
         kernel_size: int or ``(kh, kw)``.
         strides: int or ``(sh, sw)``.
         padding: ``"valid"``, ``"same"``, an int, ``(ph, pw)`` or ``((top, bottom), (left,
@@ -45,9 +75,10 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
         groups: convolution groups (``C`` and ``filters`` divisible by it).
         activation: activation applied to the output (``None``: linear).
         use_bias: whether to add a bias.
-        data_format: ``"channels_last"`` (default, NHWC) or ``"channels_first"`` (NCHW; the layer
+        data_format: ``"channels_last"`` (NHWC) or ``"channels_first"`` (NCHW; the layer
             transposes around the NHWC op, and external offsets/mask are then channels-first
-            too: ``[N, 2*DG*kh*kw, Ho, Wo]``).
+            too: ``[N, 2*DG*kh*kw, Ho, Wo]``); case-insensitive; default
+            ``keras.config.image_data_format()`` (normally ``"channels_last"``).
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as in ``keras.layers.Conv2D``.
         deformable_groups: ``DG``, input-channel groups sharing one offset field.
@@ -70,8 +101,10 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
         ``[N, Ho, Wo, filters]`` (channels_last) or ``[N, filters, Ho, Wo]``.
 
     Raises:
-        ValueError: invalid arguments (including ``implementation``), or input channels not
-            divisible by ``groups`` or ``deformable_groups``.
+        ValueError: invalid arguments (including ``implementation``); inputs of another rank
+            than 4 (Keras' ``input_spec`` message) or of other channels than built for; input
+            channels not divisible by ``groups`` or ``deformable_groups``; an input smaller than
+            the dilated kernel (after padding), from ``compute_output_shape``.
 
     Example:
         >>> inputs = keras.Input((None, None, 16))
@@ -105,31 +138,21 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not isinstance(filters, int) or filters <= 0:
-            raise ValueError(f"filters must be a positive int, got filters={filters!r}")
-        if not isinstance(groups, int) or groups <= 0:
-            raise ValueError(f"groups must be a positive int, got groups={groups!r}")
+        filters = positive_int(filters, "filters")
+        groups = positive_int(groups, "groups")
         if filters % groups:
             raise ValueError(f"filters ({filters}) must be divisible by groups ({groups})")
-        if not isinstance(deformable_groups, int) or deformable_groups <= 0:
-            raise ValueError(
-                f"deformable_groups must be a positive int, got deformable_groups={deformable_groups!r}"
-            )
+        deformable_groups = positive_int(deformable_groups, "deformable_groups")
         self.filters = filters
         self.kernel_size = normalize_pair(kernel_size, "kernel_size")
         self.strides = normalize_pair(strides, "strides")
         self.dilation_rate = normalize_pair(dilation_rate, "dilation_rate")
         self._padding_mode, self._explicit_padding = normalize_padding(padding)
-        self.padding = padding.lower() if isinstance(padding, str) else padding
+        self.padding = padding.lower() if isinstance(padding, str) else _plain_ints(padding)
         self.groups = groups
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
-        data_format = keras.config.image_data_format() if data_format is None else data_format
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
-            )
-        self.data_format = data_format
+        self.data_format = _standardize_data_format(data_format)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -141,6 +164,7 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
         self.offset_kernel_initializer = keras.initializers.get(offset_kernel_initializer)
         self.offset_bias_initializer = keras.initializers.get(offset_bias_initializer)
         self.owns_offset_branch: bool | None = None
+        self._input_channels: int | None = None  # C, known once built
         # Also sets supports_jit: XLA cannot compile the custom op, so keep Keras' default
         # jit_compile="auto" off for models that use it; the composite compiles.
         self.implementation = implementation
@@ -160,37 +184,87 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
         """``DG*kh*kw``: channels of the mask tensor."""
         return self.deformable_groups * self.taps
 
+    @property
+    def normalized_padding(self) -> str | tuple[tuple[int, int], tuple[int, int]]:
+        """The ``padding`` argument in one canonical form (read-only): ``"valid"``, ``"same"`` or
+        explicit ``((top, bottom), (left, right))`` ints (an int ``p`` or a pair ``(ph, pw)``
+        expanded). ``padding`` itself keeps the argument as given (for ``get_config``)."""
+        if self._padding_mode == "EXPLICIT":
+            top, bottom, left, right = self._explicit_padding
+            return ((top, bottom), (left, right))
+        return self._padding_mode.lower()
+
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
 
-    def _spatial_output(self, height, width):
-        pads = self._explicit_padding or [0, 0, 0, 0]
-        out_h = conv_output_size(height, self.kernel_size[0], self.strides[0],
-                                 self.dilation_rate[0], self._padding_mode, pads[0], pads[1])
-        out_w = conv_output_size(width, self.kernel_size[1], self.strides[1],
-                                 self.dilation_rate[1], self._padding_mode, pads[2], pads[3])
-        return out_h, out_w
+    def _layout(self) -> str:
+        return "[N, H, W, C]" if self.data_format == "channels_last" else "[N, C, H, W]"
+
+    def _input_spec_for(self, count: int | None):
+        """The ``keras.layers.InputSpec`` of ``x`` (``count=None``) or of ``[x, offsets]`` /
+        ``[x, offsets, mask]`` (``count`` 2 or 3): rank 4, and the channels once known."""
+        if count is not None and count not in (2, 3):
+            raise ValueError(
+                f"{self.name}: call it on x, [x, offsets] or [x, offsets, mask]; got a list of "
+                f"{count} inputs"
+            )
+        if self.owns_offset_branch is not None and self.owns_offset_branch != (count is None):
+            built_for = "a single input x" if self.owns_offset_branch else "[x, offsets(, mask)]"
+            got = "one tensor" if count is None else f"a list of {count}"
+            raise ValueError(f"{self.name} was built for {built_for}, got {got}")
+        axis = self._channel_axis()
+        channels = [self._input_channels, self.offset_channels, self.mask_channels]
+        specs = [
+            keras.layers.InputSpec(ndim=4, name=name,
+                                   axes=None if size is None else {axis: size})
+            for name, size in zip(_INPUT_NAMES[:count or 1], channels)
+        ]
+        return specs[0] if count is None else specs
+
+    def _output_length(self, axis: int, size: int | None, x_shape) -> int | None:
+        """Output length of spatial axis 0 (height) or 1 (width); ValueError if it would be
+        zero or negative (like Keras' convolutions)."""
+        kernel, stride, dilation = (self.kernel_size[axis], self.strides[axis],
+                                    self.dilation_rate[axis])
+        before, after = (self._explicit_padding or [0, 0, 0, 0])[2 * axis: 2 * axis + 2]
+        length = conv_output_size(size, kernel, stride, dilation, self._padding_mode, before,
+                                  after)
+        if size is not None and length is None:
+            name = ("height", "width")[axis]
+            raise ValueError(
+                f"{self.name}: computed output size would be zero or negative: the input "
+                f"{name} {size} plus padding {before} + {after} is smaller than the dilated "
+                f"kernel {name} {dilation * (kernel - 1) + 1} (kernel_size={self.kernel_size}, "
+                f"dilation_rate={self.dilation_rate}, padding={self.padding!r}); input shape "
+                f"{x_shape}"
+            )
+        return length
 
     def compute_output_shape(self, input_shape):
+        """The output shape; validates the rank of ``x`` and that the output is not empty."""
         x_shape = tuple(input_shape[0]) if _is_shape_list(input_shape) else tuple(input_shape)
         if len(x_shape) != 4:
-            raise ValueError(f"{self.name}: expected a 4-D input, got shape {x_shape}")
+            raise ValueError(
+                f"{self.name}: expected a 4-D input x {self._layout()}, got shape {x_shape}")
+        spatial = x_shape[1:3] if self.data_format == "channels_last" else x_shape[2:4]
+        out_h = self._output_length(0, spatial[0], x_shape)
+        out_w = self._output_length(1, spatial[1], x_shape)
         if self.data_format == "channels_last":
-            out_h, out_w = self._spatial_output(x_shape[1], x_shape[2])
             return (x_shape[0], out_h, out_w, self.filters)
-        out_h, out_w = self._spatial_output(x_shape[2], x_shape[3])
         return (x_shape[0], self.filters, out_h, out_w)
 
     # -- weights -----------------------------------------------------------------------------
     def build(self, input_shape):
-        self.owns_offset_branch = not _is_shape_list(input_shape)
-        x_shape = tuple(input_shape[0]) if not self.owns_offset_branch else tuple(input_shape)
-        if not self.owns_offset_branch and len(input_shape) not in (2, 3):
-            raise ValueError(
-                f"{self.name}: call it on x, [x, offsets] or [x, offsets, mask]; got "
-                f"{len(input_shape)} inputs"
-            )
-        channels = x_shape[self._channel_axis()] if len(x_shape) == 4 else None
+        count = len(input_shape) if _is_shape_list(input_shape) else None
+        self._input_spec_for(count)  # checks the number of inputs
+        shapes = [tuple(s) for s in input_shape] if count else [tuple(input_shape)]
+        for name, shape in zip(_INPUT_NAMES, shapes):
+            # Called through the layer, Keras' input_spec has checked this already.
+            if len(shape) != 4:
+                raise ValueError(
+                    f"{self.name}: expected a 4-D {name} {self._layout()}, got shape {shape}")
+        x_shape = shapes[0]
+        channels = x_shape[self._channel_axis()]
         if channels is None:
             raise ValueError(
                 f"{self.name}: the channel dimension of the input must be known, got shape "
@@ -206,7 +280,10 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
                 f"{self.name}: input channels ({channels}) must be divisible by "
                 f"deformable_groups ({self.deformable_groups})"
             )
-        self.compute_output_shape(input_shape)
+        self.compute_output_shape(input_shape)  # validates the spatial sizes, like Keras' Conv2D
+        self.owns_offset_branch = count is None
+        self._input_channels = channels
+        self.input_spec = self._input_spec_for(count)
         kh, kw = self.kernel_size
         self.kernel = self.add_weight(
             name="kernel", shape=(kh, kw, channels // self.groups, self.filters),
@@ -249,6 +326,8 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
         """
         if not self.owns_offset_branch:
             raise ValueError(f"{self.name} takes its offsets as inputs and owns no branch")
+        x_nhwc = tf.convert_to_tensor(x_nhwc)
+        check_rank(x_nhwc, 4, "x_nhwc", "[N, H, W, C]")
         dtype = x_nhwc.dtype
         branch = tf.nn.conv2d(x_nhwc, tf.cast(self.offset_kernel, dtype), self.strides,
                               self._tf_padding(), dilations=self.dilation_rate)
@@ -258,16 +337,17 @@ class DeformableConv2D(ImplementationSwitch, keras.layers.Layer):
         return offsets, mask
 
     def call(self, inputs):
-        if isinstance(inputs, (list, tuple)):
-            if self.owns_offset_branch:
-                raise ValueError(f"{self.name} was built for a single input x, got a list")
-            x = self._to_nhwc(inputs[0])
+        # __call__ has checked the structure (x or [x, offsets(, mask)]) and the ranks.
+        external = isinstance(inputs, (list, tuple))
+        x = inputs[0] if external else inputs
+        if x.shape.rank is not None:
+            # Spatial sizes unknown at build time (keras.Input((None, None, C))) are known now.
+            self.compute_output_shape(tuple(x.shape))
+        x = self._to_nhwc(x)
+        if external:
             offsets = self._to_nhwc(inputs[1])
             mask = self._to_nhwc(inputs[2]) if len(inputs) > 2 else None
         else:
-            if not self.owns_offset_branch:
-                raise ValueError(f"{self.name} was built for [x, offsets(, mask)], got one tensor")
-            x = self._to_nhwc(inputs)
             offsets, mask = self.offsets_and_mask(x)
         dtype = x.dtype
         conv = composite.deform_conv2d if self._implementation == "composite" else deform_conv2d

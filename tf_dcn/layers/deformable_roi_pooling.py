@@ -6,9 +6,10 @@ import keras
 import tensorflow as tf
 
 from tf_dcn import composite
-from tf_dcn._arguments import positive_int
+from tf_dcn._arguments import check_rank, positive_int
 from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
 from tf_dcn.layers._implementation import ImplementationSwitch
+from tf_dcn.layers._input_structure import InputSpecPerStructure, list_length
 
 
 def _non_negative(value, name: str) -> float:
@@ -18,9 +19,13 @@ def _non_negative(value, name: str) -> float:
     return value
 
 
-class _RoIPoolingBase(ImplementationSwitch, keras.layers.Layer):
+class _RoIPoolingBase(ImplementationSwitch, InputSpecPerStructure, keras.layers.Layer):
     """Shared behaviour: XLA only with the composite implementation, rois kept in float32,
-    features cast to the compute dtype."""
+    features cast to the compute dtype, inputs checked by ``input_spec`` (ranks; rois ``[R, 5]``;
+    the channels the weights were built for) and by ``compute_output_shape``."""
+
+    #: ``(name, rank, layout)`` of each input, in order; the inputs past the second are optional.
+    _INPUTS: tuple[tuple[str, int, str], ...] = ()
 
     def __init__(self, implementation: str = "op", **kwargs):
         # Box coordinates must not be autocast to float16 under mixed precision: the layer casts
@@ -29,6 +34,8 @@ class _RoIPoolingBase(ImplementationSwitch, keras.layers.Layer):
         super().__init__(**kwargs)
         # Also sets supports_jit (the custom op cannot be XLA-compiled, the composite can).
         self.implementation = implementation
+        # Channels of the input the offset branch reads (features or offset features), once built.
+        self._branch_channels: int | None = None
 
     def _psroi_pool(self, *args, **kwargs):
         if self._implementation == "composite":
@@ -46,13 +53,49 @@ class _RoIPoolingBase(ImplementationSwitch, keras.layers.Layer):
         config.pop("autocast", None)
         return cls(**config)
 
-    def _split(self, inputs, allowed: tuple[int, ...]):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) not in allowed:
-            raise ValueError(
-                f"{self.name}: expected a list of {' or '.join(map(str, allowed))} tensors "
-                f"([features, rois, ...]), got {inputs!r}"
-            )
+    def _check_count(self, count: int | None) -> None:
+        allowed = range(2, len(self._INPUTS) + 1)
+        if count not in allowed:
+            names = [name for name, _, _ in self._INPUTS]
+            expected = " or ".join(f"[{', '.join(names[:n])}]" for n in allowed)
+            got = "one tensor" if count is None else f"a list of {count}"
+            raise ValueError(f"{self.name}: expected a list {expected}, got {got}")
+
+    def _split(self, inputs) -> list:
+        """``inputs`` (tensors or shapes) as a list, after checking how many there are."""
+        self._check_count(list_length(inputs))
         return list(inputs)
+
+    def _branch_input_index(self, count: int) -> int:
+        """Index of the input the offset branch reads (its channels fix the weights)."""
+        return 0
+
+    def _input_spec_for(self, count: int | None):
+        self._check_count(count)
+        specs = []
+        for index, (name, rank, _) in enumerate(self._INPUTS[:count]):
+            axes = {-1: 5} if name == "rois" else None
+            if index == self._branch_input_index(count) and self._branch_channels is not None:
+                axes = {-1: self._branch_channels}
+            specs.append(keras.layers.InputSpec(ndim=rank, axes=axes, name=name))
+        return specs
+
+    def _check_shapes(self, input_shape) -> list[tuple]:
+        """The input shapes as tuples; ValueError for a wrong rank or rois not ``[R, 5]``.
+        (Called through the layer, Keras' input_spec has checked the same already.)"""
+        shapes = [tuple(shape) for shape in self._split(input_shape)]
+        for (name, rank, layout), shape in zip(self._INPUTS, shapes):
+            if len(shape) != rank:
+                raise ValueError(
+                    f"{self.name}: expected a {rank}-D {name} {layout}, got shape {shape}")
+        if shapes[1][-1] not in (None, 5):
+            raise ValueError(f"{self.name}: rois must be [R, 5], got shape {shapes[1]}")
+        return shapes
+
+    def _finish_build(self, shapes: list[tuple]) -> None:
+        """Records the channels the weights were built for, for ``input_spec``."""
+        self._branch_channels = shapes[self._branch_input_index(len(shapes))][-1]
+        self.input_spec = self._input_spec_for(len(shapes))
 
     def _features(self, t):
         return tf.cast(t, self.compute_dtype)
@@ -98,6 +141,8 @@ class DeformableRoIPooling(_RoIPoolingBase):
         >>> pooled = tf_dcn.layers.DeformableRoIPooling(pooled_size=7)([feats, rois])
     """
 
+    _INPUTS = (("features", 4, "[N, H, W, C]"), ("rois", 2, "[R, 5]"))
+
     def __init__(self, pooled_size: int = 7, spatial_scale: float = 1.0 / 16,
                  sample_per_part: int = 4, trans_std: float = 0.1,
                  offset_kernel_initializer="zeros", offset_bias_initializer="zeros",
@@ -111,21 +156,22 @@ class DeformableRoIPooling(_RoIPoolingBase):
         self.offset_bias_initializer = keras.initializers.get(offset_bias_initializer)
 
     def build(self, input_shape):
-        features_shape, rois_shape = self._split(input_shape, (2,))
-        channels = features_shape[-1]
+        shapes = self._check_shapes(input_shape)
+        channels = shapes[0][-1]
         if channels is None:
             raise ValueError(f"{self.name}: the channel dimension of features must be known")
-        if rois_shape[-1] not in (None, 5):
-            raise ValueError(f"{self.name}: rois must be [R, 5], got shape {rois_shape}")
         k = self.pooled_size
         self.offset_kernel = self.add_weight(
             name="offset_kernel", shape=(k * k * channels, k * k * 2),
             initializer=self.offset_kernel_initializer)
         self.offset_bias = self.add_weight(
             name="offset_bias", shape=(k * k * 2,), initializer=self.offset_bias_initializer)
+        self._finish_build(shapes)
 
     def compute_output_shape(self, input_shape):
-        features_shape, rois_shape = self._split(input_shape, (2,))
+        """``(R, pooled_size, pooled_size, C)``; validates the number and ranks of the inputs
+        and the rois' last dimension (5)."""
+        features_shape, rois_shape = self._check_shapes(input_shape)
         return (rois_shape[0], self.pooled_size, self.pooled_size, features_shape[-1])
 
     def _pool(self, features, rois, offsets):
@@ -143,7 +189,7 @@ class DeformableRoIPooling(_RoIPoolingBase):
         return tf.reshape(offsets, [-1, k, k, 2])
 
     def call(self, inputs):
-        features, rois = self._split(inputs, (2,))
+        features, rois = self._split(inputs)
         features = self._features(features)
         return self._pool(features, rois, self.predict_offsets(features, rois))
 
@@ -199,6 +245,9 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
         ``[R, pooled_size, pooled_size, output_dim]``.
     """
 
+    _INPUTS = (("score_maps", 4, "[N, H, W, output_dim*group_size**2]"), ("rois", 2, "[R, 5]"),
+               ("offset_features", 4, "[N, H, W, Cf]"))
+
     def __init__(self, output_dim: int, group_size: int = 7, pooled_size: int | None = None,
                  part_size: int | None = None, sample_per_part: int = 4, trans_std: float = 0.1,
                  spatial_scale: float = 1.0 / 16, class_aware_offsets: bool = False,
@@ -222,16 +271,23 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
     def num_offset_classes(self) -> int:
         return self.output_dim if self.class_aware_offsets else 1
 
-    def build(self, input_shape):
-        shapes = self._split(input_shape, (2, 3))
-        channels = shapes[0][-1]
-        expected = self.output_dim * self.group_size ** 2
-        if channels is not None and channels != expected:
+    def _branch_input_index(self, count: int) -> int:
+        return 2 if count == 3 else 0  # offset_features, else the score maps
+
+    def _input_spec_for(self, count: int | None):
+        score_channels = self.output_dim * self.group_size ** 2
+        if count == 2 and self._branch_channels not in (None, score_channels):
             raise ValueError(
-                f"{self.name}: score_maps must have output_dim * group_size**2 = {expected} "
-                f"channels, got shape {shapes[0]}"
+                f"{self.name}: the offset branch was built for offset_features of "
+                f"{self._branch_channels} channels; call it on [score_maps, rois, "
+                "offset_features]"
             )
-        offset_channels = (shapes[2] if len(shapes) == 3 else shapes[0])[-1]
+        return super()._input_spec_for(count)
+
+    def build(self, input_shape):
+        self.compute_output_shape(input_shape)  # validates the shapes, the score maps' channels
+        shapes = self._check_shapes(input_shape)
+        offset_channels = shapes[self._branch_input_index(len(shapes))][-1]
         if offset_channels is None:
             raise ValueError(f"{self.name}: the channel dimension of the offset features must "
                              "be known")
@@ -241,14 +297,25 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
             initializer=self.offset_kernel_initializer)
         self.offset_bias = self.add_weight(
             name="offset_bias", shape=(maps,), initializer=self.offset_bias_initializer)
+        self._finish_build(shapes)
 
     def compute_output_shape(self, input_shape):
-        shapes = self._split(input_shape, (2, 3))
+        """``(R, pooled_size, pooled_size, output_dim)``; validates the number and ranks of the
+        inputs, the rois' last dimension (5) and the score maps' channels."""
+        shapes = self._check_shapes(input_shape)
+        channels = shapes[0][-1]
+        expected = self.output_dim * self.group_size ** 2
+        if channels is not None and channels != expected:
+            raise ValueError(
+                f"{self.name}: score_maps must have output_dim * group_size**2 = {expected} "
+                f"channels, got shape {shapes[0]}"
+            )
         return (shapes[1][0], self.pooled_size, self.pooled_size, self.output_dim)
 
     def predict_offsets(self, offset_features, rois):
         """Normalised offsets ``[R, part_size, part_size, 2*num_offset_classes]`` (x before y)."""
         offset_features = self._features(offset_features)
+        check_rank(offset_features, 4, "offset_features", "[N, H, W, Cf]")
         maps = tf.nn.conv2d(offset_features, self._weight(self.offset_kernel), 1, "VALID")
         maps = tf.nn.bias_add(maps, self._weight(self.offset_bias))
         return self._psroi_pool(
@@ -257,9 +324,9 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
             spatial_scale=self.spatial_scale)
 
     def call(self, inputs):
-        shapes = self._split(inputs, (2, 3))
-        score_maps, rois = self._features(shapes[0]), shapes[1]
-        offset_features = shapes[2] if len(shapes) == 3 else score_maps
+        inputs = self._split(inputs)
+        score_maps, rois = self._features(inputs[0]), inputs[1]
+        offset_features = inputs[2] if len(inputs) == 3 else score_maps
         offsets = self.predict_offsets(offset_features, rois)
         return self._psroi_pool(
             score_maps, rois, offsets, output_dim=self.output_dim, group_size=self.group_size,
