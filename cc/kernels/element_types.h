@@ -2,7 +2,7 @@
 // type attributes (cc/ops/) and the kernel registrations and template instantiations
 // (cc/kernels/*_op.cc, *_cpu.cc, gpu/*.cc). The TF-free kernels name the same four types through
 // ElementType (kernel_args.h). Adding a type: the two lists here, ElementType with
-// WithElementType and ElementTypeOf (op_util.h), and ELEMENT_DTYPES in tf_dcn/_arguments.py.
+// WithElementType and ElementTypeOf (op_util.h), and FLOAT_DTYPES in tf_dcn/_arguments.py.
 #ifndef TF_DCN_CC_KERNELS_ELEMENT_TYPES_H_
 #define TF_DCN_CC_KERNELS_ELEMENT_TYPES_H_
 
