@@ -132,6 +132,17 @@ def non_negative_float32(value, name: str) -> float:
     return value
 
 
+def convert_to_dtype(value, dtype: tf.DType, name: str, like: str = "inputs") -> tf.Tensor:
+    """``value`` as a tensor of ``dtype`` (the dtype of argument ``like``). A tensor of another
+    dtype raises a ValueError naming both arguments and dtypes (TensorFlow's own message would
+    print the whole tensor); Python numbers and NumPy arrays are converted."""
+    if tf.is_tensor(value) and value.dtype != dtype:
+        raise ValueError(
+            f"{name}: dtype must be {dtype.name} (the dtype of {like}), got {value.dtype.name}"
+        )
+    return tf.convert_to_tensor(value, dtype=dtype, name=name)
+
+
 def normalize_conv_arguments(strides: IntOrPair, padding: Padding, dilation_rate: IntOrPair,
                              groups: int, deformable_groups: int):
     """``(strides, dilations, padding_mode, explicit_paddings, groups, deformable_groups)`` of

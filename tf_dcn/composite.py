@@ -42,8 +42,9 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
-from tf_dcn._arguments import (FLOAT_DTYPES, IntOrPair, Padding, non_negative_float32,
-                               normalize_conv_arguments, positive_int32, static_dim)
+from tf_dcn._arguments import (FLOAT_DTYPES, IntOrPair, Padding, convert_to_dtype,
+                               non_negative_float32, normalize_conv_arguments,
+                               positive_int32, static_dim)
 from tf_dcn.deform_conv import check_deform_conv2d_shapes
 from tf_dcn.deform_psroi_pool import check_deform_psroi_pool_shapes, convert_rois, roi_pool_channels
 
@@ -280,12 +281,12 @@ def deform_conv2d(
             raise ValueError(
                 f"inputs: dtype must be float16, bfloat16, float32 or float64, got {dtype}"
             )
-        offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
-        kernel = tf.convert_to_tensor(kernel, dtype=dtype, name="kernel")
+        offsets = convert_to_dtype(offsets, dtype, "offsets")
+        kernel = convert_to_dtype(kernel, dtype, "kernel")
         if mask is not None:
-            mask = tf.convert_to_tensor(mask, dtype=dtype, name="mask")
+            mask = convert_to_dtype(mask, dtype, "mask")
         if bias is not None:
-            bias = tf.convert_to_tensor(bias, dtype=dtype, name="bias")
+            bias = convert_to_dtype(bias, dtype, "bias")
         _validate_conv(inputs, offsets, kernel, mask, bias, groups, deformable_groups)
 
         kh, kw, cin_g, cout = kernel.shape.as_list()
@@ -526,7 +527,7 @@ def deform_psroi_pool(
             )
         rois = tf.stop_gradient(convert_rois(rois, dtype))
         if offsets is not None:
-            offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
+            offsets = convert_to_dtype(offsets, dtype, "offsets", like="features")
         _validate_pool(features, rois, offsets, output_dim, group_size, part_size)
 
         cdtype = _compute_dtype(dtype)

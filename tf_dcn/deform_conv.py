@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_dcn._arguments import (FLOAT_DTYPES, IntOrPair, Padding, check_rank,
+from tf_dcn._arguments import (FLOAT_DTYPES, IntOrPair, Padding, check_rank, convert_to_dtype,
                                normalize_conv_arguments, static_dim)
 from tf_dcn._loader import load_ops
 
@@ -143,14 +143,14 @@ def deform_conv2d(
         dtype = inputs.dtype
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"inputs: dtype must be float16, bfloat16, float32 or float64, got {dtype}")
-        offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
-        kernel = tf.convert_to_tensor(kernel, dtype=dtype, name="kernel")
+        offsets = convert_to_dtype(offsets, dtype, "offsets")
+        kernel = convert_to_dtype(kernel, dtype, "kernel")
         use_mask = mask is not None
         use_bias = bias is not None
         if use_mask:
-            mask = tf.convert_to_tensor(mask, dtype=dtype, name="mask")
+            mask = convert_to_dtype(mask, dtype, "mask")
         if use_bias:
-            bias = tf.convert_to_tensor(bias, dtype=dtype, name="bias")
+            bias = convert_to_dtype(bias, dtype, "bias")
         check_deform_conv2d_shapes(inputs, offsets, kernel, mask, bias, groups,
                                    deformable_groups)
         if not use_mask:

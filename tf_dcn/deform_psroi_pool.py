@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_dcn._arguments import (FLOAT_DTYPES, check_rank, non_negative_float32, positive_int32,
-                               static_dim)
+from tf_dcn._arguments import (FLOAT_DTYPES, check_rank, convert_to_dtype, non_negative_float32,
+                               positive_int32, static_dim)
 from tf_dcn._loader import load_ops
 
 _FORWARD_OP = "TfDcn>DeformablePSRoIPool"
@@ -185,7 +185,7 @@ def deform_psroi_pool(
         rois = convert_rois(rois, dtype)
         use_offsets = offsets is not None
         if use_offsets:
-            offsets = tf.convert_to_tensor(offsets, dtype=dtype, name="offsets")
+            offsets = convert_to_dtype(offsets, dtype, "offsets", like="features")
         check_deform_psroi_pool_shapes(features, rois, offsets, output_dim, group_size, part_size)
         if not use_offsets:
             offsets = tf.zeros([0], dtype=dtype)
