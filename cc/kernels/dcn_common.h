@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cc/kernels/deform_conv2d_geometry.h"
+#include "cc/kernels/deform_psroi_pool_geometry.h"
 
 #if defined(__CUDACC__)
 #define TF_DCN_HD __host__ __device__ __forceinline__
@@ -299,6 +300,33 @@ TF_DCN_HD PoolSample<A> MakePoolSample(A h, A w, int64_t height, int64_t width) 
   s.weight[2] = s.dx * hy;
   s.weight[3] = s.dx * s.dy;
   return s;
+}
+
+// First sample position (h0, w0) of bin (ph, pw) of a finite RoI for offset class cls: the bin's
+// start moved by offset * trans_std * roi size, the offset being the class's (x, y) pair of the
+// bin's part cell in roi_offsets ([part_size, part_size, 2*num_classes], x first), or no move
+// when roi_offsets is nullptr. The CPU kernels and the GPU launchers both place bins with it.
+template <typename A, typename T>
+TF_DCN_HD void PoolBinOrigin(const DeformPSRoIPoolDims& d, const PoolRoi<A>& roi,
+                             const T* roi_offsets, int64_t ph, int64_t pw, int64_t cls, A* h0,
+                             A* w0) {
+  A tx = A(0), ty = A(0);
+  if (roi_offsets != nullptr) {
+    const int64_t part_h = PoolPartIndex(ph, d.part_size, d.pooled_size);
+    const int64_t part_w = PoolPartIndex(pw, d.part_size, d.pooled_size);
+    const T* o = roi_offsets + (part_h * d.part_size + part_w) * (2 * d.num_classes) + 2 * cls;
+    tx = A(o[0]) * A(d.trans_std);  // x first
+    ty = A(o[1]) * A(d.trans_std);
+  }
+  PoolBinStart(roi, ph, pw, ty, tx, h0, w0);
+}
+
+// Sample (iy, ix) of a bin whose first sample is at (h0, w0): sub-bin starts, row-major.
+template <typename A>
+TF_DCN_HD PoolSample<A> PoolBinSample(const PoolRoi<A>& roi, A h0, A w0, int64_t iy, int64_t ix,
+                                      int64_t height, int64_t width) {
+  const A h = h0 + A(iy) * roi.sub_h;
+  return MakePoolSample<A>(h, w0 + A(ix) * roi.sub_w, height, width);
 }
 
 // Value and position derivatives of a kept sample from its corner values u = {U00, U01, U10, U11}.

@@ -2,8 +2,8 @@
 // CudaExec runs it on the device (deform_conv2d_gpu.cu), HostExec runs the very same code on the
 // CPU for the test suite. No TensorFlow and no CUDA headers.
 //
-// Output pixels are processed in chunks of P pixels (P chosen so that the column buffers stay
-// under kColumnBudgetBytes; the chunks run one after another on the stream):
+// Output pixels are processed in chunks of chunk_pixels pixels (chosen so that the column buffers
+// stay under kColumnBudgetBytes; the chunks run one after another on the stream):
 //   forward   col[grp][p][k][c] = mask * bilinear(input)          (Im2Col, one thread per element)
 //             out[p][o] = bias[o] + sum col * kernel                (one strided-batched GEMM)
 //   backward  dcol = grad_out * kernel^T                            (GEMM)
@@ -85,14 +85,15 @@ TF_DCN_HD ColElement DecodeColElement(const Shape& s, int64_t i) {
   return e;
 }
 
-// col for pixels [p0, p0 + P), one thread per (pixel, tap, channel of the deformable group).
+// col for pixels [p0, p0 + chunk_pixels), one thread per (pixel, tap, channel of the deformable
+// group).
 template <typename T>
 struct Im2Col {
   using A = typename AccumulatorType<T>::type;
   Shape s;
   const T *input, *offsets, *mask;
   T* col;
-  int64_t p0, P;
+  int64_t p0, chunk_pixels;
 
   TF_DCN_HD void operator()(int64_t i) const {
     const ColElement e = DecodeColElement(s, i);
@@ -110,17 +111,17 @@ struct Im2Col {
       v = ConvSampleValue(smp, u);
       if (mask) v *= A(mask[p * s.dims.deformable_groups * s.taps + gk]);
     }
-    col[ColIndex(s, P, pp, k, c)] = T(v);
+    col[ColIndex(s, chunk_pixels, pp, k, c)] = T(v);
   }
 };
 
-// out[e] = bias[e % Cout] for the chunk's output rows (the GEMM then adds with beta = 1).
+// out[e] = bias[e % out_c] for the chunk's output rows (the GEMM then adds with beta = 1).
 template <typename T>
 struct FillBias {
   const T* bias;
   T* out;
-  int64_t Cout;
-  TF_DCN_HD void operator()(int64_t e) const { out[e] = bias[e % Cout]; }
+  int64_t out_c;
+  TF_DCN_HD void operator()(int64_t e) const { out[e] = bias[e % out_c]; }
 };
 
 // d offsets and d mask of every sample of the chunk: one thread per (pixel, tap), an ordered loop
@@ -131,7 +132,7 @@ struct OffsetMaskGrad {
   Shape s;
   const T *input, *offsets, *mask, *dcol;
   T *grad_offsets, *grad_mask;
-  int64_t p0, P;
+  int64_t p0, chunk_pixels;
 
   TF_DCN_HD void operator()(int64_t i) const {
     const int64_t gk = i % (s.dims.deformable_groups * s.taps),
@@ -151,7 +152,7 @@ struct OffsetMaskGrad {
         input + (p / (s.dims.out_h * s.dims.out_w)) * s.dims.in_h * s.dims.in_w * s.dims.in_c;
     A sums[4] = {A(0), A(0), A(0), A(0)};
     for (int64_t c = g * s.in_c_per_dgroup; c < (g + 1) * s.in_c_per_dgroup; ++c) {
-      const A gc = A(dcol[ColIndex(s, P, pp, k, c)]);
+      const A gc = A(dcol[ColIndex(s, chunk_pixels, pp, k, c)]);
       for (int q = 0; q < 4; ++q) {
         if (smp.pixel[q] >= 0) sums[q] += gc * A(image[smp.pixel[q] * s.dims.in_c + c]);
       }
@@ -171,14 +172,14 @@ struct ScatterInputGrad {
   Shape s;
   const T *offsets, *mask, *dcol;
   A* acc;
-  int64_t p0, P;
+  int64_t p0, chunk_pixels;
 
   TF_DCN_HD void operator()(int64_t i) const {
     const ColElement e = DecodeColElement(s, i);
     const int64_t pp = e.pp, gk = e.gk, k = e.k, c = e.c, p = p0 + pp;
     const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
     if (smp.kind != kSampleInside) return;
-    A gc = A(dcol[ColIndex(s, P, pp, k, c)]);
+    A gc = A(dcol[ColIndex(s, chunk_pixels, pp, k, c)]);
     if (mask) gc *= A(mask[p * s.dims.deformable_groups * s.taps + gk]);
     A* image =
         acc + (p / (s.dims.out_h * s.dims.out_w)) * s.dims.in_h * s.dims.in_w * s.dims.in_c + c;
@@ -231,7 +232,7 @@ struct GatherInputGrad {
   const uint64_t* keys;    // sorted
   const uint32_t* values;  // entry ids in key order
   A* acc;
-  int64_t p0, P, entries;
+  int64_t p0, chunk_pixels, entries;
   uint64_t sentinel;
 
   TF_DCN_HD void operator()(int64_t t) const {
@@ -248,7 +249,7 @@ struct GatherInputGrad {
                     pp = e / (4 * s.dims.deformable_groups * s.taps);
       const int64_t p = p0 + pp, k = gk % s.taps;
       const ConvSample<A> smp = SampleOf<A>(s, offsets, p, gk);
-      A share = CornerOf(smp.weight, q) * A(dcol[ColIndex(s, P, pp, k, c)]);
+      A share = CornerOf(smp.weight, q) * A(dcol[ColIndex(s, chunk_pixels, pp, k, c)]);
       if (mask) share *= A(mask[p * s.dims.deformable_groups * s.taps + gk]);
       sum += share;
     }
@@ -264,12 +265,12 @@ struct BiasPartials {
   using A = typename AccumulatorType<T>::type;
   const T* grad_output;
   A* partial;
-  int64_t total, Cout;
+  int64_t total, out_c;
   TF_DCN_HD void operator()(int64_t i) const {
-    const int64_t o = i % Cout, b = i / Cout;
+    const int64_t o = i % out_c, b = i / out_c;
     const int64_t end = (b + 1) * kBiasRowsPerBlock < total ? (b + 1) * kBiasRowsPerBlock : total;
     A sum = A(0);
-    for (int64_t r = b * kBiasRowsPerBlock; r < end; ++r) sum += A(grad_output[r * Cout + o]);
+    for (int64_t r = b * kBiasRowsPerBlock; r < end; ++r) sum += A(grad_output[r * out_c + o]);
     partial[i] = sum;
   }
 };
@@ -280,10 +281,10 @@ struct BiasReduce {
   using A = typename AccumulatorType<T>::type;
   const A* partial;
   T* grad_bias;
-  int64_t blocks, Cout;
+  int64_t blocks, out_c;
   TF_DCN_HD void operator()(int64_t o) const {
     A sum = A(0);
-    for (int64_t b = 0; b < blocks; ++b) sum += partial[b * Cout + o];
+    for (int64_t b = 0; b < blocks; ++b) sum += partial[b * out_c + o];
     grad_bias[o] = T(sum);
   }
 };
@@ -299,14 +300,14 @@ struct AddInto {  // acc[e] += A(part[e])
 // and the deterministic path's entry ids within uint32.
 inline int64_t ChunkPixels(const Shape& s, int64_t elem_bytes, bool backward, int64_t max_chunk) {
   const int64_t per_pixel = s.taps * s.dims.in_c * elem_bytes * (backward ? 2 : 1);
-  int64_t P = kColumnBudgetBytes / (per_pixel > 0 ? per_pixel : 1);
+  int64_t chunk_pixels = kColumnBudgetBytes / (per_pixel > 0 ? per_pixel : 1);
   const int64_t max_entries = int64_t(1) << 31;
-  if (P * 4 * s.dims.deformable_groups * s.taps > max_entries)
-    P = max_entries / (4 * s.dims.deformable_groups * s.taps);
-  if (max_chunk > 0 && P > max_chunk) P = max_chunk;
-  if (P < 1) P = 1;
-  if (P > s.out_pixels) P = s.out_pixels;
-  return P;
+  if (chunk_pixels * 4 * s.dims.deformable_groups * s.taps > max_entries)
+    chunk_pixels = max_entries / (4 * s.dims.deformable_groups * s.taps);
+  if (max_chunk > 0 && chunk_pixels > max_chunk) chunk_pixels = max_chunk;
+  if (chunk_pixels < 1) chunk_pixels = 1;
+  if (chunk_pixels > s.out_pixels) chunk_pixels = s.out_pixels;
+  return chunk_pixels;
 }
 
 // Pieces of the workspace. Built twice: once with base == nullptr to measure, once to carve.
@@ -318,7 +319,7 @@ struct Workspace {
   uint64_t *keys_in = nullptr, *keys_out = nullptr;
   uint32_t *values_in = nullptr, *values_out = nullptr;
   void* sort_temp = nullptr;
-  int64_t sort_temp_bytes = 0, bytes = 0, P = 0, bias_blocks = 0;
+  int64_t sort_temp_bytes = 0, bytes = 0, chunk_pixels = 0, bias_blocks = 0;
   int key_bits = 1;
   uint64_t sentinel = 0;
 
@@ -326,11 +327,11 @@ struct Workspace {
   int Layout(Exec& exec, const Shape& s, bool backward, const GpuLaunch& launch, void* base) {
     constexpr bool kHalfType = !std::is_same<T, A>::value;
     const bool deterministic = launch.deterministic;
-    P = ChunkPixels(s, sizeof(T), backward, launch.max_chunk);
+    chunk_pixels = ChunkPixels(s, sizeof(T), backward, launch.max_chunk);
     WorkspaceCarver carve(base);
-    col = carve.Take<T>(P * s.taps * s.dims.in_c);
+    col = carve.Take<T>(chunk_pixels * s.taps * s.dims.in_c);
     if (backward) {
-      dcol = carve.Take<T>(P * s.taps * s.dims.in_c);
+      dcol = carve.Take<T>(chunk_pixels * s.taps * s.dims.in_c);
       const int64_t kernel_size = s.taps * s.in_c_per_group * s.dims.out_c;
       if (kHalfType) {
         input_acc = carve.Take<A>(s.dims.batch * s.dims.in_h * s.dims.in_w * s.dims.in_c);
@@ -340,7 +341,7 @@ struct Workspace {
       bias_blocks = (s.out_pixels + kBiasRowsPerBlock - 1) / kBiasRowsPerBlock;
       bias_part = carve.Take<A>(bias_blocks * s.dims.out_c);
       if (deterministic) {
-        const int64_t entries = P * s.dims.deformable_groups * s.taps * 4;
+        const int64_t entries = chunk_pixels * s.dims.deformable_groups * s.taps * 4;
         sentinel = static_cast<uint64_t>(s.dims.batch * s.dims.in_h * s.dims.in_w *
                                          s.dims.deformable_groups);
         key_bits = KeyBits(sentinel);
@@ -388,25 +389,28 @@ int Forward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch
   const T* kernel = static_cast<const T*>(a.kernel);
   const T* bias = static_cast<const T*>(a.bias);
   T* output = static_cast<T*>(a.output);
-  const int64_t KCg = s.taps * s.in_c_per_group;
-  for (int64_t p0 = 0; p0 < s.out_pixels; p0 += ws.P) {
-    const int64_t P = s.out_pixels - p0 < ws.P ? s.out_pixels - p0 : ws.P;
+  const int64_t kernel_rows = s.taps * s.in_c_per_group;
+  for (int64_t p0 = 0; p0 < s.out_pixels; p0 += ws.chunk_pixels) {
+    const int64_t chunk_pixels =
+        s.out_pixels - p0 < ws.chunk_pixels ? s.out_pixels - p0 : ws.chunk_pixels;
     T* out = output + p0 * s.dims.out_c;
-    TF_DCN_GPU_TRY(
-        exec.ForEach(P * s.taps * s.dims.in_c, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
-    if (bias) TF_DCN_GPU_TRY(exec.ForEach(P * s.dims.out_c, FillBias<T>{bias, out, s.dims.out_c}));
+    TF_DCN_GPU_TRY(exec.ForEach(chunk_pixels * s.taps * s.dims.in_c,
+                                Im2Col<T>{s, input, offsets, mask, ws.col, p0, chunk_pixels}));
+    if (bias)
+      TF_DCN_GPU_TRY(
+          exec.ForEach(chunk_pixels * s.dims.out_c, FillBias<T>{bias, out, s.dims.out_c}));
     GemmCall g{type,
                false,
                false,
                s.out_c_per_group,
-               P,
-               KCg,
+               chunk_pixels,
+               kernel_rows,
                kernel,
                s.dims.out_c,
                s.out_c_per_group,
                ws.col,
-               KCg,
-               P * KCg,
+               kernel_rows,
+               chunk_pixels * kernel_rows,
                out,
                s.dims.out_c,
                s.out_c_per_group,
@@ -422,43 +426,32 @@ int Forward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launch
 // (accumulated into grad_kernel, or written to the workspace's kernel_part for half types).
 template <typename T>
 int ChunkKernelGemms(ElementType type, const Shape& s, const GpuLaunch& launch, const T* gout,
-                     const T* kernel, T* grad_kernel, const Workspace<T>& ws, int64_t P) {
+                     const T* kernel, T* grad_kernel, const Workspace<T>& ws,
+                     int64_t chunk_pixels) {
   using A = typename AccumulatorType<T>::type;
   constexpr bool kHalfType = !std::is_same<T, A>::value;
-  const int64_t KCg = s.taps * s.in_c_per_group;
-  // dcol^T (KCg x P) = W_grp (KCg x Coutg) * G^T (Coutg x P)
-  GemmCall gd{type,
-              true,
-              false,
-              KCg,
-              P,
-              s.out_c_per_group,
-              kernel,
-              s.dims.out_c,
-              s.out_c_per_group,
-              gout,
-              s.dims.out_c,
-              s.out_c_per_group,
-              ws.dcol,
-              KCg,
-              P * KCg,
-              s.dims.groups,
-              1.0,
-              0.0};
+  const int64_t kernel_rows = s.taps * s.in_c_per_group;
+  // dcol^T (kernel_rows x chunk_pixels) = W_grp (kernel_rows x Coutg) * G^T (Coutg x chunk_pixels)
+  GemmCall gd{type,          true,         false,
+              kernel_rows,   chunk_pixels, s.out_c_per_group,
+              kernel,        s.dims.out_c, s.out_c_per_group,
+              gout,          s.dims.out_c, s.out_c_per_group,
+              ws.dcol,       kernel_rows,  chunk_pixels * kernel_rows,
+              s.dims.groups, 1.0,          0.0};
   TF_DCN_GPU_TRY(RunGemm(launch, gd));
-  // dW^T (Coutg x KCg) += G^T (Coutg x P) * col (P x KCg)
+  // dW^T (Coutg x kernel_rows) += G^T (Coutg x chunk_pixels) * col (chunk_pixels x kernel_rows)
   GemmCall gw{type,
               false,
               true,
               s.out_c_per_group,
-              KCg,
-              P,
+              kernel_rows,
+              chunk_pixels,
               gout,
               s.dims.out_c,
               s.out_c_per_group,
               ws.col,
-              KCg,
-              P * KCg,
+              kernel_rows,
+              chunk_pixels * kernel_rows,
               kHalfType ? static_cast<void*>(ws.kernel_part) : static_cast<void*>(grad_kernel),
               s.dims.out_c,
               s.out_c_per_group,
@@ -507,26 +500,30 @@ int Backward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launc
     }
   }
 
-  for (int64_t p0 = 0; p0 < s.out_pixels; p0 += ws.P) {
-    const int64_t P = s.out_pixels - p0 < ws.P ? s.out_pixels - p0 : ws.P;
+  for (int64_t p0 = 0; p0 < s.out_pixels; p0 += ws.chunk_pixels) {
+    const int64_t chunk_pixels =
+        s.out_pixels - p0 < ws.chunk_pixels ? s.out_pixels - p0 : ws.chunk_pixels;
     const T* gout = grad_output + p0 * s.dims.out_c;
-    const int64_t samples = P * s.dims.deformable_groups * s.taps,
-                  elements = P * s.taps * s.dims.in_c;
+    const int64_t samples = chunk_pixels * s.dims.deformable_groups * s.taps,
+                  elements = chunk_pixels * s.taps * s.dims.in_c;
     if (s.dims.out_c == 0) {  // no output channels: the column gradient is zero
       TF_DCN_GPU_TRY(exec.Zero(ws.dcol, elements * int64_t(sizeof(T))));
     } else {
-      TF_DCN_GPU_TRY(exec.ForEach(elements, Im2Col<T>{s, input, offsets, mask, ws.col, p0, P}));
-      TF_DCN_GPU_TRY(ChunkKernelGemms<T>(type, s, launch, gout, kernel, grad_kernel, ws, P));
+      TF_DCN_GPU_TRY(
+          exec.ForEach(elements, Im2Col<T>{s, input, offsets, mask, ws.col, p0, chunk_pixels}));
+      TF_DCN_GPU_TRY(
+          ChunkKernelGemms<T>(type, s, launch, gout, kernel, grad_kernel, ws, chunk_pixels));
     }
     if (kHalfType && s.dims.out_c > 0) {
       TF_DCN_GPU_TRY(exec.ForEach(kernel_size, AddInto<T, A>{ws.kernel_part, kernel_acc}));
     }
-    TF_DCN_GPU_TRY(exec.ForEach(samples, OffsetMaskGrad<T>{s, input, offsets, mask, ws.dcol,
-                                                           static_cast<T*>(a.grad_offsets),
-                                                           static_cast<T*>(a.grad_mask), p0, P}));
+    TF_DCN_GPU_TRY(exec.ForEach(
+        samples,
+        OffsetMaskGrad<T>{s, input, offsets, mask, ws.dcol, static_cast<T*>(a.grad_offsets),
+                          static_cast<T*>(a.grad_mask), p0, chunk_pixels}));
     if (!launch.deterministic) {
-      TF_DCN_GPU_TRY(
-          exec.ForEach(elements, ScatterInputGrad<T>{s, offsets, mask, ws.dcol, input_acc, p0, P}));
+      TF_DCN_GPU_TRY(exec.ForEach(
+          elements, ScatterInputGrad<T>{s, offsets, mask, ws.dcol, input_acc, p0, chunk_pixels}));
       continue;
     }
     const int64_t entries = samples * 4;
@@ -537,7 +534,7 @@ int Backward(ElementType type, const DeformConv2DDims& d, const GpuLaunch& launc
     TF_DCN_GPU_TRY(
         exec.ForEach(entries * s.in_c_per_dgroup,
                      GatherInputGrad<T>{s, offsets, mask, ws.dcol, ws.keys_out, ws.values_out,
-                                        input_acc, p0, P, entries, ws.sentinel}));
+                                        input_acc, p0, chunk_pixels, entries, ws.sentinel}));
   }
   if (kHalfType) {
     TF_DCN_GPU_TRY(exec.ForEach(input_size, CastTo<T, A>{input_acc, grad_input}));

@@ -72,15 +72,7 @@ BinOrigin<A> MakeBinOrigin(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, co
   b.h0 = b.w0 = A(0);
   b.nan_origin = !g.finite;
   if (b.nan_origin) return b;
-  A tx = A(0), ty = A(0);
-  if (roi_offsets != nullptr) {
-    const int64_t part_h = PoolPartIndex(ph, d.part_size, d.pooled_size);
-    const int64_t part_w = PoolPartIndex(pw, d.part_size, d.pooled_size);
-    const T* o = roi_offsets + (part_h * d.part_size + part_w) * d.offset_channels() + 2 * cls;
-    tx = A(o[0]) * A(d.trans_std);  // x first
-    ty = A(o[1]) * A(d.trans_std);
-  }
-  PoolBinStart(g, ph, pw, ty, tx, &b.h0, &b.w0);
+  PoolBinOrigin(d, g, roi_offsets, ph, pw, cls, &b.h0, &b.w0);
   return b;
 }
 
@@ -90,9 +82,8 @@ template <typename A, typename Fn>
 inline void ForEachSample(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, const BinOrigin<A>& b,
                           Fn fn) {
   for (int64_t iy = 0; iy < d.sample_per_part; ++iy) {
-    const A h = b.h0 + A(iy) * g.sub_h;
     for (int64_t ix = 0; ix < d.sample_per_part; ++ix) {
-      fn(MakePoolSample<A>(h, b.w0 + A(ix) * g.sub_w, d.height, d.width));
+      fn(PoolBinSample(g, b.h0, b.w0, iy, ix, d.height, d.width));
     }
   }
 }

@@ -45,44 +45,32 @@ constexpr int64_t kMaxEntriesPerChunk = int64_t(1) << 21;
 // absurd sample_per_part): the deterministic path refuses with kGpuPoolTooManySamples.
 constexpr int64_t kMaxTotalEntries = int64_t(1) << 62;
 
-// Sizes derived once per call (plain fields, usable on the device).
+// The pooling's dimensions plus the sizes derived from them once per call (plain fields, usable
+// on the device, so threads do not recompute the divisions).
 struct Shape {
-  int64_t N, H, W, C;     // features
-  int64_t R, D, G, GG;    // RoIs, output_dim, group_size, group_size^2
-  int64_t P, part, S;     // pooled_size, part_size, sample_per_part
-  int64_t SS, K, Ce;      // samples per bin, offset classes, channels per class
-  int64_t OC;             // offset channels, 2*K
-  int64_t pixels, units;  // N*H*W, R*P*P*K
-  float spatial_scale, trans_std;
-  bool use_offsets;
+  DeformPSRoIPoolDims dims;
+  int64_t group_cells;          // group_size^2
+  int64_t samples_per_bin;      // sample_per_part^2
+  int64_t channels_each_class;  // output channels per offset class
+  int64_t offset_channels;      // 2 * num_classes
+  int64_t pixels;               // batch * height * width
+  int64_t units;                // num_rois * pooled_size^2 * num_classes
 
   explicit Shape(const DeformPSRoIPoolDims& d)
-      : N(d.batch),
-        H(d.height),
-        W(d.width),
-        C(d.channels),
-        R(d.num_rois),
-        D(d.output_dim),
-        G(d.group_size),
-        GG(d.group_cells()),
-        P(d.pooled_size),
-        part(d.part_size),
-        S(d.sample_per_part),
-        SS(d.samples_per_bin()),
-        K(d.num_classes),
-        Ce(d.channels_each_class()),
-        OC(d.offset_channels()),
+      : dims(d),
+        group_cells(d.group_cells()),
+        samples_per_bin(d.samples_per_bin()),
+        channels_each_class(d.channels_each_class()),
+        offset_channels(d.offset_channels()),
         pixels(d.batch * d.height * d.width),
-        units(d.num_rois * d.bins() * d.num_classes),
-        spatial_scale(d.spatial_scale),
-        trans_std(d.trans_std),
-        use_offsets(d.use_offsets) {}
+        units(d.num_rois * d.bins() * d.num_classes) {}
 };
 
 // Position-sensitive group cell gidx = gh*G + gw of bin (ph, pw); output channel ctop reads
 // feature channel ctop*GG + gidx.
 TF_DCN_HD int64_t GroupCell(const Shape& s, int64_t ph, int64_t pw) {
-  return PoolGroupIndex(ph, s.G, s.P) * s.G + PoolGroupIndex(pw, s.G, s.P);
+  return PoolGroupIndex(ph, s.dims.group_size, s.dims.pooled_size) * s.dims.group_size +
+         PoolGroupIndex(pw, s.dims.group_size, s.dims.pooled_size);
 }
 
 // One unit: the RoI's batch index (validated by the caller) and box, and the first sample
@@ -102,27 +90,22 @@ TF_DCN_HD Bin<A> MakeBin(const Shape& s, const TR* rois, const T* offsets, int64
   const TR* box = rois + r * 5;
   Bin<A> b;
   b.batch = static_cast<int64_t>(box[0]);
-  b.roi = MakePoolRoi<A, TR>(box[1], box[2], box[3], box[4], A(s.spatial_scale), s.P, s.S);
+  b.roi = MakePoolRoi<A, TR>(box[1], box[2], box[3], box[4], A(s.dims.spatial_scale),
+                             s.dims.pooled_size, s.dims.sample_per_part);
   b.h0 = b.w0 = A(0);
   b.nan_origin = !b.roi.finite;
   if (b.nan_origin) return b;
-  A tx = A(0), ty = A(0);
-  if (offsets != nullptr) {
-    const int64_t part_h = PoolPartIndex(ph, s.part, s.P);
-    const int64_t part_w = PoolPartIndex(pw, s.part, s.P);
-    const T* o = offsets + ((r * s.part + part_h) * s.part + part_w) * s.OC + 2 * cls;
-    tx = A(o[0]) * A(s.trans_std);  // x first
-    ty = A(o[1]) * A(s.trans_std);
-  }
-  PoolBinStart(b.roi, ph, pw, ty, tx, &b.h0, &b.w0);
+  const T* roi_offsets =
+      offsets == nullptr ? nullptr
+                         : offsets + r * s.dims.part_size * s.dims.part_size * s.offset_channels;
+  PoolBinOrigin(s.dims, b.roi, roi_offsets, ph, pw, cls, &b.h0, &b.w0);
   return b;
 }
 
-// Sample (iy, ix) of a bin (the CPU kernel's ForEachSample computes the same positions).
+// Sample (iy, ix) of a bin (PoolBinSample, like the CPU kernels).
 template <typename A>
 TF_DCN_HD PoolSample<A> SampleAt(const Shape& s, const Bin<A>& b, int64_t iy, int64_t ix) {
-  const A h = b.h0 + A(iy) * b.roi.sub_h;
-  return MakePoolSample<A>(h, b.w0 + A(ix) * b.roi.sub_w, s.H, s.W);
+  return PoolBinSample(b.roi, b.h0, b.w0, iy, ix, s.dims.height, s.dims.width);
 }
 
 // Unit u -> (r, ph, pw, cls); bin = (r*P + ph)*P + pw indexes the output rows.
@@ -131,11 +114,11 @@ struct UnitIndex {
 };
 TF_DCN_HD UnitIndex DecodeUnit(const Shape& s, int64_t u) {
   UnitIndex x;
-  x.cls = u % s.K;
-  x.bin = u / s.K;
-  x.pw = x.bin % s.P;
-  x.ph = (x.bin / s.P) % s.P;
-  x.r = x.bin / (s.P * s.P);
+  x.cls = u % s.dims.num_classes;
+  x.bin = u / s.dims.num_classes;
+  x.pw = x.bin % s.dims.pooled_size;
+  x.ph = (x.bin / s.dims.pooled_size) % s.dims.pooled_size;
+  x.r = x.bin / (s.dims.pooled_size * s.dims.pooled_size);
   return x;
 }
 
@@ -150,15 +133,18 @@ struct PoolForward {
   T* output;
 
   TF_DCN_HD void operator()(int64_t i) const {
-    const int64_t ctop = i % s.D, bin = i / s.D;
-    const int64_t pw = bin % s.P, ph = (bin / s.P) % s.P, r = bin / (s.P * s.P);
-    const Bin<A> b = MakeBin<A>(s, rois, offsets, r, ph, pw, ctop / s.Ce);
-    const T* plane = features + b.batch * s.H * s.W * s.C + ctop * s.GG + GroupCell(s, ph, pw);
+    const int64_t ctop = i % s.dims.output_dim, bin = i / s.dims.output_dim;
+    const int64_t pw = bin % s.dims.pooled_size,
+                  ph = (bin / s.dims.pooled_size) % s.dims.pooled_size,
+                  r = bin / (s.dims.pooled_size * s.dims.pooled_size);
+    const Bin<A> b = MakeBin<A>(s, rois, offsets, r, ph, pw, ctop / s.channels_each_class);
+    const T* plane = features + b.batch * s.dims.height * s.dims.width * s.dims.channels +
+                     ctop * s.group_cells + GroupCell(s, ph, pw);
     A sum = A(0);
     int64_t kept = 0;
     bool nan = b.nan_origin;
-    for (int64_t iy = 0; iy < s.S && !nan; ++iy) {
-      for (int64_t ix = 0; ix < s.S; ++ix) {
+    for (int64_t iy = 0; iy < s.dims.sample_per_part && !nan; ++iy) {
+      for (int64_t ix = 0; ix < s.dims.sample_per_part; ++ix) {
         const PoolSample<A> smp = SampleAt(s, b, iy, ix);
         if (smp.kind == kPoolNaN) {
           nan = true;
@@ -167,7 +153,7 @@ struct PoolForward {
         if (smp.kind != kPoolKept) continue;
         ++kept;
         A u[4];
-        for (int q = 0; q < 4; ++q) u[q] = A(plane[smp.pixel[q] * s.C]);
+        for (int q = 0; q < 4; ++q) u[q] = A(plane[smp.pixel[q] * s.dims.channels]);
         sum += PoolSampleValue(smp, u);
       }
     }
@@ -196,8 +182,8 @@ struct BinCounts {
     const Bin<A> b = MakeBin<A>(s, rois, offsets, x.r, x.ph, x.pw, x.cls);
     int64_t kept = 0;
     bool nan = b.nan_origin;
-    for (int64_t iy = 0; iy < s.S && !nan; ++iy) {
-      for (int64_t ix = 0; ix < s.S; ++ix) {
+    for (int64_t iy = 0; iy < s.dims.sample_per_part && !nan; ++iy) {
+      for (int64_t ix = 0; ix < s.dims.sample_per_part; ++ix) {
         const int kind = SampleAt(s, b, iy, ix).kind;
         if (kind == kPoolNaN) {
           nan = true;
@@ -223,18 +209,23 @@ struct ScatterFeatureGrad {
   A* acc;
 
   TF_DCN_HD void operator()(int64_t i) const {
-    const int64_t ctop = i % s.D, bin = i / s.D, cls = ctop / s.Ce;
-    const int64_t count = counts[bin * s.K + cls];
+    const int64_t ctop = i % s.dims.output_dim, bin = i / s.dims.output_dim,
+                  cls = ctop / s.channels_each_class;
+    const int64_t count = counts[bin * s.dims.num_classes + cls];
     if (count <= 0) return;  // NaN bin or nothing kept: no gradient to the features
-    const int64_t pw = bin % s.P, ph = (bin / s.P) % s.P, r = bin / (s.P * s.P);
+    const int64_t pw = bin % s.dims.pooled_size,
+                  ph = (bin / s.dims.pooled_size) % s.dims.pooled_size,
+                  r = bin / (s.dims.pooled_size * s.dims.pooled_size);
     const Bin<A> b = MakeBin<A>(s, rois, offsets, r, ph, pw, cls);
     const A g = A(grad_output[i]) / A(count);
-    A* plane = acc + b.batch * s.H * s.W * s.C + ctop * s.GG + GroupCell(s, ph, pw);
-    for (int64_t iy = 0; iy < s.S; ++iy) {
-      for (int64_t ix = 0; ix < s.S; ++ix) {
+    A* plane = acc + b.batch * s.dims.height * s.dims.width * s.dims.channels +
+               ctop * s.group_cells + GroupCell(s, ph, pw);
+    for (int64_t iy = 0; iy < s.dims.sample_per_part; ++iy) {
+      for (int64_t ix = 0; ix < s.dims.sample_per_part; ++ix) {
         const PoolSample<A> smp = SampleAt(s, b, iy, ix);
         if (smp.kind != kPoolKept) continue;
-        for (int q = 0; q < 4; ++q) AtomicAddTo(plane + smp.pixel[q] * s.C, g * smp.weight[q]);
+        for (int q = 0; q < 4; ++q)
+          AtomicAddTo(plane + smp.pixel[q] * s.dims.channels, g * smp.weight[q]);
       }
     }
   }
@@ -260,16 +251,18 @@ struct FeatureGradKeys {
   TF_DCN_HD void operator()(int64_t e) const {
     const int64_t E = e0 + e;
     const int q = static_cast<int>(E % 4);
-    const int64_t sample = (E / 4) % s.SS, u = E / (4 * s.SS);
+    const int64_t sample = (E / 4) % s.samples_per_bin, u = E / (4 * s.samples_per_bin);
     uint64_t key = sentinel;
     A w = A(0);
     if (counts[u] > 0) {
       const UnitIndex x = DecodeUnit(s, u);
       const Bin<A> b = MakeBin<A>(s, rois, offsets, x.r, x.ph, x.pw, x.cls);
-      const PoolSample<A> smp = SampleAt(s, b, sample / s.S, sample % s.S);
+      const PoolSample<A> smp =
+          SampleAt(s, b, sample / s.dims.sample_per_part, sample % s.dims.sample_per_part);
       if (smp.kind == kPoolKept) {
-        const int64_t pixel = b.batch * s.H * s.W + CornerOf(smp.pixel, q);
-        key = static_cast<uint64_t>((pixel * s.K + x.cls) * s.GG + GroupCell(s, x.ph, x.pw));
+        const int64_t pixel = b.batch * s.dims.height * s.dims.width + CornerOf(smp.pixel, q);
+        key = static_cast<uint64_t>((pixel * s.dims.num_classes + x.cls) * s.group_cells +
+                                    GroupCell(s, x.ph, x.pw));
         w = CornerOf(smp.weight, q);
       }
     }
@@ -298,20 +291,21 @@ struct GatherFeatureGrad {
   uint64_t sentinel;
 
   TF_DCN_HD void operator()(int64_t t) const {
-    const int64_t j = t % s.Ce, first = t / s.Ce;
+    const int64_t j = t % s.channels_each_class, first = t / s.channels_each_class;
     const uint64_t key = keys[first];
     if (key == sentinel || (first > 0 && keys[first - 1] == key)) return;
-    const int64_t gidx = static_cast<int64_t>(key % static_cast<uint64_t>(s.GG));
-    const uint64_t rest = key / static_cast<uint64_t>(s.GG);
-    const int64_t cls = static_cast<int64_t>(rest % static_cast<uint64_t>(s.K));
-    const int64_t pixel = static_cast<int64_t>(rest / static_cast<uint64_t>(s.K));
-    const int64_t ctop = cls * s.Ce + j;
-    A* dst = acc + pixel * s.C + ctop * s.GG + gidx;
+    const int64_t gidx = static_cast<int64_t>(key % static_cast<uint64_t>(s.group_cells));
+    const uint64_t rest = key / static_cast<uint64_t>(s.group_cells);
+    const int64_t cls = static_cast<int64_t>(rest % static_cast<uint64_t>(s.dims.num_classes));
+    const int64_t pixel = static_cast<int64_t>(rest / static_cast<uint64_t>(s.dims.num_classes));
+    const int64_t ctop = cls * s.channels_each_class + j;
+    A* dst = acc + pixel * s.dims.channels + ctop * s.group_cells + gidx;
     A v = *dst;
     for (int64_t k = first; k < n && keys[k] == key; ++k) {
       const int64_t e = values[k];
-      const int64_t u = (e0 + e) / (4 * s.SS);
-      const A g = A(grad_output[(u / s.K) * s.D + ctop]) / A(counts[u]);
+      const int64_t u = (e0 + e) / (4 * s.samples_per_bin);
+      const A g =
+          A(grad_output[(u / s.dims.num_classes) * s.dims.output_dim + ctop]) / A(counts[u]);
       v += g * weights[e];
     }
     *dst = v;
@@ -335,44 +329,45 @@ struct OffsetGrad {
 
   // Bins p in [0, P) with floor(p*part/P) == cell: [ceil(cell*P/part), ceil((cell+1)*P/part)).
   TF_DCN_HD void BinRange(int64_t cell, int64_t* lo, int64_t* hi) const {
-    *lo = (cell * s.P + s.part - 1) / s.part;
-    const int64_t h = ((cell + 1) * s.P + s.part - 1) / s.part;
-    *hi = h < s.P ? h : s.P;
+    *lo = (cell * s.dims.pooled_size + s.dims.part_size - 1) / s.dims.part_size;
+    const int64_t h = ((cell + 1) * s.dims.pooled_size + s.dims.part_size - 1) / s.dims.part_size;
+    *hi = h < s.dims.pooled_size ? h : s.dims.pooled_size;
   }
 
   TF_DCN_HD void operator()(int64_t i) const {
-    const int64_t cls = i % s.K, cell = i / s.K;
-    const int64_t part_w = cell % s.part, part_h = (cell / s.part) % s.part;
-    const int64_t r = cell / (s.part * s.part);
+    const int64_t cls = i % s.dims.num_classes, cell = i / s.dims.num_classes;
+    const int64_t part_w = cell % s.dims.part_size,
+                  part_h = (cell / s.dims.part_size) % s.dims.part_size;
+    const int64_t r = cell / (s.dims.part_size * s.dims.part_size);
     int64_t ph_lo, ph_hi, pw_lo, pw_hi;
     BinRange(part_h, &ph_lo, &ph_hi);
     BinRange(part_w, &pw_lo, &pw_hi);
-    const A trans_std = A(s.trans_std);
+    const A trans_std = A(s.dims.trans_std);
     A dx = A(0), dy = A(0);
     bool nan = false;
     for (int64_t ph = ph_lo; ph < ph_hi; ++ph) {
       for (int64_t pw = pw_lo; pw < pw_hi; ++pw) {
-        const int64_t bin = (r * s.P + ph) * s.P + pw;
-        const int64_t count = counts[bin * s.K + cls];
+        const int64_t bin = (r * s.dims.pooled_size + ph) * s.dims.pooled_size + pw;
+        const int64_t count = counts[bin * s.dims.num_classes + cls];
         if (count < 0) nan = true;
         if (count <= 0 || nan) continue;
         const Bin<A> b = MakeBin<A>(s, rois, offsets, r, ph, pw, cls);
-        const T* image = features + b.batch * s.H * s.W * s.C;
-        const int64_t channel0 = cls * s.Ce * s.GG + GroupCell(s, ph, pw);
-        const T* gout = grad_output + bin * s.D + cls * s.Ce;
+        const T* image = features + b.batch * s.dims.height * s.dims.width * s.dims.channels;
+        const int64_t channel0 = cls * s.channels_each_class * s.group_cells + GroupCell(s, ph, pw);
+        const T* gout = grad_output + bin * s.dims.output_dim + cls * s.channels_each_class;
         A gx = A(0), gy = A(0);
-        for (int64_t iy = 0; iy < s.S; ++iy) {
-          for (int64_t ix = 0; ix < s.S; ++ix) {
+        for (int64_t iy = 0; iy < s.dims.sample_per_part; ++iy) {
+          for (int64_t ix = 0; ix < s.dims.sample_per_part; ++ix) {
             const PoolSample<A> smp = SampleAt(s, b, iy, ix);
             if (smp.kind != kPoolKept) continue;
-            const T* p0 = image + smp.pixel[0] * s.C + channel0;
-            const T* p1 = image + smp.pixel[1] * s.C + channel0;
-            const T* p2 = image + smp.pixel[2] * s.C + channel0;
-            const T* p3 = image + smp.pixel[3] * s.C + channel0;
+            const T* p0 = image + smp.pixel[0] * s.dims.channels + channel0;
+            const T* p1 = image + smp.pixel[1] * s.dims.channels + channel0;
+            const T* p2 = image + smp.pixel[2] * s.dims.channels + channel0;
+            const T* p3 = image + smp.pixel[3] * s.dims.channels + channel0;
             A dots[4] = {A(0), A(0), A(0), A(0)};
-            for (int64_t j = 0; j < s.Ce; ++j) {
+            for (int64_t j = 0; j < s.channels_each_class; ++j) {
               const A g = A(gout[j]);
-              const int64_t k = j * s.GG;
+              const int64_t k = j * s.group_cells;
               dots[0] += g * A(p0[k]);
               dots[1] += g * A(p1[k]);
               dots[2] += g * A(p2[k]);
@@ -388,7 +383,7 @@ struct OffsetGrad {
       }
     }
     if (nan) dx = dy = QuietNaN<A>();
-    T* dst = grad_offsets + cell * s.OC + 2 * cls;
+    T* dst = grad_offsets + cell * s.offset_channels + 2 * cls;
     dst[0] = T(dx);
     dst[1] = T(dy);
   }
@@ -415,13 +410,13 @@ struct Workspace {
     WorkspaceCarver carve(base);
     if (backward) {
       counts = carve.Take<int64_t>(s.units);
-      if (kHalfType) acc = carve.Take<A>(s.pixels * s.C);
-      if (deterministic && s.pixels * s.C > 0 && s.units > 0) {
+      if (kHalfType) acc = carve.Take<A>(s.pixels * s.dims.channels);
+      if (deterministic && s.pixels * s.dims.channels > 0 && s.units > 0) {
         // units * SS * 4 without overflowing int64.
-        if (s.SS > kMaxTotalEntries / 4 / s.units) return kGpuPoolTooManySamples;
-        total_entries = s.units * s.SS * 4;
+        if (s.samples_per_bin > kMaxTotalEntries / 4 / s.units) return kGpuPoolTooManySamples;
+        total_entries = s.units * s.samples_per_bin * 4;
         chunk = total_entries < kMaxEntriesPerChunk ? total_entries : kMaxEntriesPerChunk;
-        sentinel = static_cast<uint64_t>(s.pixels * s.K * s.GG);
+        sentinel = static_cast<uint64_t>(s.pixels * s.dims.num_classes * s.group_cells);
         key_bits = KeyBits(sentinel);
         keys_in = carve.Take<uint64_t>(chunk);
         keys_out = carve.Take<uint64_t>(chunk);
@@ -458,7 +453,7 @@ int Forward(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, const void* f
   Workspace<T> ws;
   TF_DCN_GPU_TRY(ws.Layout(exec, s, false, false, workspace));
   if (ws.bytes > workspace_bytes) return kGpuWorkspaceTooSmall;
-  const T* off = s.use_offsets ? static_cast<const T*>(offsets) : nullptr;
+  const T* off = s.dims.use_offsets ? static_cast<const T*>(offsets) : nullptr;
   return exec.ForEach(d.output_size(), PoolForward<T, TR>{s, static_cast<const T*>(features),
                                                           static_cast<const TR*>(rois), off,
                                                           static_cast<T*>(output)});
@@ -480,11 +475,11 @@ int Backward(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, const void* 
   if (ws.bytes > workspace_bytes) return kGpuWorkspaceTooSmall;
   const T* features = static_cast<const T*>(features_v);
   const TR* rois = static_cast<const TR*>(rois_v);
-  const T* offsets = s.use_offsets ? static_cast<const T*>(offsets_v) : nullptr;
+  const T* offsets = s.dims.use_offsets ? static_cast<const T*>(offsets_v) : nullptr;
   const T* grad_output = static_cast<const T*>(grad_output_v);
   T* grad_features = static_cast<T*>(grad_features_v);
-  T* grad_offsets = s.use_offsets ? static_cast<T*>(grad_offsets_v) : nullptr;
-  const int64_t feature_size = s.pixels * s.C;
+  T* grad_offsets = s.dims.use_offsets ? static_cast<T*>(grad_offsets_v) : nullptr;
+  const int64_t feature_size = s.pixels * s.dims.channels;
 
   A* acc = kHalfType ? ws.acc : reinterpret_cast<A*>(grad_features);
   TF_DCN_GPU_TRY(exec.Zero(acc, feature_size * int64_t(sizeof(A))));
@@ -505,9 +500,10 @@ int Backward(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, const void* 
                                                    ws.values_in, ws.weights, e0, ws.sentinel}));
         TF_DCN_GPU_TRY(exec.SortPairs(ws.sort_temp, ws.sort_temp_bytes, ws.keys_in, ws.keys_out,
                                       ws.values_in, ws.values_out, n, ws.key_bits));
-        TF_DCN_GPU_TRY(exec.ForEach(
-            n * s.Ce, GatherFeatureGrad<T>{s, grad_output, ws.counts, ws.keys_out, ws.values_out,
-                                           ws.weights, acc, e0, n, ws.sentinel}));
+        TF_DCN_GPU_TRY(
+            exec.ForEach(n * s.channels_each_class,
+                         GatherFeatureGrad<T>{s, grad_output, ws.counts, ws.keys_out, ws.values_out,
+                                              ws.weights, acc, e0, n, ws.sentinel}));
       }
     }
   }
@@ -515,9 +511,9 @@ int Backward(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, const void* 
     TF_DCN_GPU_TRY(exec.ForEach(feature_size, CastTo<T, A>{acc, grad_features}));
   }
 
-  if (grad_offsets != nullptr && s.R > 0) {
+  if (grad_offsets != nullptr && s.dims.num_rois > 0) {
     TF_DCN_GPU_TRY(exec.ForEach(
-        s.R * s.part * s.part * s.K,
+        s.dims.num_rois * s.dims.part_size * s.dims.part_size * s.dims.num_classes,
         OffsetGrad<T, TR>{s, features, rois, offsets, grad_output, ws.counts, grad_offsets}));
   }
   return kGpuOk;
