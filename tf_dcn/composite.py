@@ -37,7 +37,7 @@ Differences from the ops, all by design:
 
 from __future__ import annotations
 
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -305,100 +305,151 @@ def deform_conv2d(
             )
         _check_output_shape(offsets, "offsets", "[N, Ho, Wo, 2*DG*kh*kw]", batch, out_h, out_w)
         _check_output_shape(mask, "mask", "[N, Ho, Wo, DG*kh*kw]", batch, out_h, out_w)
-        dg, taps = deformable_groups, kh * kw
-        c_dg = channels // dg
+        dg = deformable_groups
         if _is_static(batch, height, width):
             _check_rows(batch * (height + 1) * (width + 1) * dg + 1, "inputs")
 
         cdtype = _compute_dtype(dtype)
-        x = tf.cast(inputs, cdtype)
-        offsets = tf.cast(offsets, cdtype)
-        kernel_c = tf.cast(kernel, cdtype)
-
-        # Offsets and mask with the deformable group innermost: [N, Ho, Wo, K*DG] each.
-        pixels = batch * out_h * out_w
-        off = tf.reshape(offsets, [pixels, dg, taps, 2])
-        if dg > 1:
-            off = tf.transpose(off, [0, 2, 1, 3])
-        off = tf.reshape(off, [batch, out_h, out_w, taps * dg, 2])
-        dy, dx = off[..., 0], off[..., 1]
-        if mask is not None:
-            m = tf.reshape(tf.cast(mask, cdtype), [pixels, dg, taps])
-            if dg > 1:
-                m = tf.transpose(m, [0, 2, 1])
-            m = tf.reshape(m, [batch, out_h, out_w, taps * dg])
-
-        # Regular grid of each tap: base_y [Ho, 1, K*DG], base_x [Wo, K*DG].
-        tap_i = np.repeat(np.arange(taps) // kw, dg).astype(np.int32)
-        tap_j = np.repeat(np.arange(taps) % kw, dg).astype(np.int32)
-        rows_y = _arange(out_h) * strides[0] - pad_top
-        rows_x = _arange(out_w) * strides[1] - pad_left
-        base_y = tf.cast(tf.reshape(rows_y, [-1, 1, 1]) + tap_i * dilations[0], cdtype)
-        base_x = tf.cast(tf.reshape(rows_x, [-1, 1]) + tap_j * dilations[1], cdtype)
-        py = base_y + dy                                      # [N, Ho, Wo, K*DG]
-        px = base_x + dx
-
-        h_f, w_f = tf.cast(height, cdtype), tf.cast(width, cdtype)
-        inside = (py > -1) & (py < h_f) & (px > -1) & (px < w_f)   # False for NaN
-        nan = ~((py > -1) | (py <= -1)) | ~((px > -1) | (px <= -1))  # as the op: NaN first
-        # Weight positions: outside samples at 0 (their corners read the padding: value 0, no
-        # gradient); a NaN sample gets NaN in both coordinates, so its value and the gradients
-        # of both of its offsets and of its mask are NaN, as from the op.
-        zero = tf.zeros_like(py)
-        either = py + px
-        py_w = tf.where(nan, either, tf.where(inside, py, zero))
-        px_w = tf.where(nan, either, tf.where(inside, px, zero))
-        y0f, x0f = tf.floor(py_w), tf.floor(px_w)
-        ly, lx = py_w - y0f, px_w - x0f
-        hy, hx = 1 - ly, 1 - lx
-        weights = [hy * hx, hy * lx, ly * hx, ly * lx]
-        if mask is not None:
-            weights = [w * m for w in weights]
-
-        # The input zero-padded by one pixel on each side, as 2x2 neighbourhoods: the corners of
-        # a sample with top-left corner (y0, x0) in [-1, H-1] x [-1, W-1] are row
-        # ((n*(H+1) + y0+1)*(W+1) + x0+1)*DG + g. Samples not inside read the zero row.
-        rows = batch * (height + 1) * (width + 1) * dg
-        zero_f = tf.zeros_like(y0f)
-        y0 = tf.cast(tf.where(inside, y0f, zero_f), tf.int32)
-        x0 = tf.cast(tf.where(inside, x0f, zero_f), tf.int32)
-        image_row = tf.reshape(_arange(batch) * (height + 1), [-1, 1, 1, 1])
-        group = np.tile(np.arange(dg, dtype=np.int32), taps)
-        index = ((image_row + y0 + 1) * (width + 1) + x0 + 1) * dg + group
-        index = tf.where(inside, index, rows)                   # [N, Ho, Wo, K*DG]
-        weight = tf.stack(weights, axis=-1)                     # [N, Ho, Wo, K*DG, 4]
-
-        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        table = _quad_table(padded, dg, c_dg)
-        # Columns [N*Ho*Wo, K*C] (tap-major, channel-minor), gathered a few taps at a time (one
-        # at a time when the number of output pixels is not static).
-        tap_bytes = (pixels * 4 * channels * cdtype.size if _is_static(pixels)
-                     else _GATHER_BLOCK_BYTES)
-        step = _units_per_gather(taps, tap_bytes)
-        blocks = []
-        for k0 in range(0, taps, step):
-            k1 = min(k0 + step, taps)
-            block = _blend(table, tf.reshape(index[..., k0 * dg:k1 * dg], [-1, 1]),
-                           tf.reshape(weight[..., k0 * dg:k1 * dg, :], [-1, 4]), c_dg)
-            blocks.append(tf.reshape(block, [pixels, (k1 - k0) * channels]))
-        columns = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
-
-        # The columns times the kernel [K*C/groups, Cout].
-        if groups == 1:
-            out = tf.matmul(columns, tf.reshape(kernel_c, [taps * cin_g, cout]))
-        else:
-            cout_g = cout // groups
-            columns = tf.reshape(columns, [pixels, taps, groups, cin_g])
-            columns = tf.reshape(tf.transpose(columns, [2, 0, 1, 3]),
-                                 [groups, pixels, taps * cin_g])
-            kern = tf.reshape(kernel_c, [taps, cin_g, groups, cout_g])
-            kern = tf.reshape(tf.transpose(kern, [2, 0, 1, 3]), [groups, taps * cin_g, cout_g])
-            out = tf.matmul(columns, kern)                     # [groups, N*Ho*Wo, Cout/groups]
-            out = tf.reshape(tf.transpose(out, [1, 0, 2]), [pixels, cout])
+        geometry = _ConvGeometry(batch, height, width, channels, out_h, out_w, kh, kw, strides,
+                                 dilations, pad_top, pad_left, dg)
+        py, px = _conv_sample_positions(tf.cast(offsets, cdtype), geometry, cdtype)
+        m = None if mask is None else _groups_innermost(tf.cast(mask, cdtype), geometry, False)
+        index, weight = _conv_corners(py, px, m, geometry, cdtype)
+        columns = _conv_columns(tf.cast(inputs, cdtype), index, weight, geometry, cdtype)
+        out = _columns_times_kernel(columns, tf.cast(kernel, cdtype), groups, geometry)
         if bias is not None:
             out = out + tf.cast(bias, cdtype)
         out = tf.reshape(out, [batch, out_h, out_w, cout])
         return tf.cast(out, dtype)
+
+
+class _ConvGeometry(NamedTuple):
+    """The sizes of one composite convolution (``Dim``: an int, or a scalar tensor when not
+    static); ``taps = kh*kw``, ``pixels = batch*out_h*out_w``."""
+
+    batch: Dim
+    height: Dim
+    width: Dim
+    channels: int
+    out_h: Dim
+    out_w: Dim
+    kh: int
+    kw: int
+    strides: tuple
+    dilations: tuple
+    pad_top: Dim
+    pad_left: Dim
+    deformable_groups: int
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+    @property
+    def pixels(self) -> Dim:
+        return self.batch * self.out_h * self.out_w
+
+
+def _groups_innermost(values: tf.Tensor, g: _ConvGeometry, pairs: bool) -> tf.Tensor:
+    """Offsets ``[N, Ho, Wo, DG*K*2]`` (``pairs``) or a mask ``[N, Ho, Wo, DG*K]``, deformable
+    group outermost -> ``[N, Ho, Wo, K*DG, 2]`` or ``[N, Ho, Wo, K*DG]``, group innermost (the
+    order of the gathered corner rows)."""
+    dg, taps = g.deformable_groups, g.taps
+    pair = [2] if pairs else []
+    values = tf.reshape(values, [g.pixels, dg, taps] + pair)
+    if dg > 1:
+        values = tf.transpose(values, [0, 2, 1, 3] if pair else [0, 2, 1])
+    return tf.reshape(values, [g.batch, g.out_h, g.out_w, taps * dg] + pair)
+
+
+def _conv_sample_positions(offsets: tf.Tensor, g: _ConvGeometry, cdtype: tf.DType):
+    """Where each tap samples: ``(py, px)``, each ``[N, Ho, Wo, K*DG]``, the regular grid
+    position ``(ho*sh - pad_top + i*dh, wo*sw - pad_left + j*dw)`` plus the tap's offsets."""
+    off = _groups_innermost(offsets, g, True)
+    dy, dx = off[..., 0], off[..., 1]
+    dg, taps = g.deformable_groups, g.taps
+    tap_i = np.repeat(np.arange(taps) // g.kw, dg).astype(np.int32)
+    tap_j = np.repeat(np.arange(taps) % g.kw, dg).astype(np.int32)
+    rows_y = _arange(g.out_h) * g.strides[0] - g.pad_top
+    rows_x = _arange(g.out_w) * g.strides[1] - g.pad_left
+    base_y = tf.cast(tf.reshape(rows_y, [-1, 1, 1]) + tap_i * g.dilations[0], cdtype)
+    base_x = tf.cast(tf.reshape(rows_x, [-1, 1]) + tap_j * g.dilations[1], cdtype)
+    return base_y + dy, base_x + dx
+
+
+def _conv_corners(py: tf.Tensor, px: tf.Tensor, m: tf.Tensor | None, g: _ConvGeometry,
+                  cdtype: tf.DType):
+    """The four bilinear corners of every sample, with torchvision's border rule:
+    ``index`` ``[N, Ho, Wo, K*DG]``, the row of the sample's 2x2 neighbourhood in the
+    zero-padded input (``_quad_table``; the zero row for samples not inside), and ``weight``
+    ``[N, Ho, Wo, K*DG, 4]`` (times the mask when given)."""
+    h_f, w_f = tf.cast(g.height, cdtype), tf.cast(g.width, cdtype)
+    inside = (py > -1) & (py < h_f) & (px > -1) & (px < w_f)   # False for NaN
+    nan = ~((py > -1) | (py <= -1)) | ~((px > -1) | (px <= -1))  # as the op: NaN first
+    # Weight positions: outside samples at 0 (their corners read the padding: value 0, no
+    # gradient); a NaN sample gets NaN in both coordinates, so its value and the gradients
+    # of both of its offsets and of its mask are NaN, as from the op.
+    zero = tf.zeros_like(py)
+    either = py + px
+    py_w = tf.where(nan, either, tf.where(inside, py, zero))
+    px_w = tf.where(nan, either, tf.where(inside, px, zero))
+    y0f, x0f = tf.floor(py_w), tf.floor(px_w)
+    ly, lx = py_w - y0f, px_w - x0f
+    hy, hx = 1 - ly, 1 - lx
+    weights = [hy * hx, hy * lx, ly * hx, ly * lx]
+    if m is not None:
+        weights = [w * m for w in weights]
+
+    # The input zero-padded by one pixel on each side, as 2x2 neighbourhoods: the corners of
+    # a sample with top-left corner (y0, x0) in [-1, H-1] x [-1, W-1] are row
+    # ((n*(H+1) + y0+1)*(W+1) + x0+1)*DG + g. Samples not inside read the zero row.
+    dg = g.deformable_groups
+    rows = g.batch * (g.height + 1) * (g.width + 1) * dg
+    zero_f = tf.zeros_like(y0f)
+    y0 = tf.cast(tf.where(inside, y0f, zero_f), tf.int32)
+    x0 = tf.cast(tf.where(inside, x0f, zero_f), tf.int32)
+    image_row = tf.reshape(_arange(g.batch) * (g.height + 1), [-1, 1, 1, 1])
+    group = np.tile(np.arange(dg, dtype=np.int32), g.taps)
+    index = ((image_row + y0 + 1) * (g.width + 1) + x0 + 1) * dg + group
+    index = tf.where(inside, index, rows)                   # [N, Ho, Wo, K*DG]
+    return index, tf.stack(weights, axis=-1)                # [N, Ho, Wo, K*DG, 4]
+
+
+def _conv_columns(x: tf.Tensor, index: tf.Tensor, weight: tf.Tensor, g: _ConvGeometry,
+                  cdtype: tf.DType) -> tf.Tensor:
+    """The column matrix ``[N*Ho*Wo, K*C]`` (tap-major, channel-minor) of the weighted corner
+    rows, gathered a few taps at a time (one at a time when the pixel count is not static)."""
+    dg, taps, channels, pixels = g.deformable_groups, g.taps, g.channels, g.pixels
+    c_dg = channels // dg
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    table = _quad_table(padded, dg, c_dg)
+    tap_bytes = (pixels * 4 * channels * cdtype.size if _is_static(pixels)
+                 else _GATHER_BLOCK_BYTES)
+    step = _units_per_gather(taps, tap_bytes)
+    blocks = []
+    for k0 in range(0, taps, step):
+        k1 = min(k0 + step, taps)
+        block = _blend(table, tf.reshape(index[..., k0 * dg:k1 * dg], [-1, 1]),
+                       tf.reshape(weight[..., k0 * dg:k1 * dg, :], [-1, 4]), c_dg)
+        blocks.append(tf.reshape(block, [pixels, (k1 - k0) * channels]))
+    return blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
+
+
+def _columns_times_kernel(columns: tf.Tensor, kernel: tf.Tensor, groups: int,
+                          g: _ConvGeometry) -> tf.Tensor:
+    """``[N*Ho*Wo, Cout]``: the columns times the kernel ``[K*C/groups, Cout]``, a batched
+    product per convolution group."""
+    _, _, cin_g, cout = kernel.shape.as_list()
+    taps, pixels = g.taps, g.pixels
+    if groups == 1:
+        return tf.matmul(columns, tf.reshape(kernel, [taps * cin_g, cout]))
+    cout_g = cout // groups
+    columns = tf.reshape(columns, [pixels, taps, groups, cin_g])
+    columns = tf.reshape(tf.transpose(columns, [2, 0, 1, 3]), [groups, pixels, taps * cin_g])
+    kern = tf.reshape(kernel, [taps, cin_g, groups, cout_g])
+    kern = tf.reshape(tf.transpose(kern, [2, 0, 1, 3]), [groups, taps * cin_g, cout_g])
+    out = tf.matmul(columns, kern)                         # [groups, N*Ho*Wo, Cout/groups]
+    return tf.reshape(tf.transpose(out, [1, 0, 2]), [pixels, cout])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -541,121 +592,179 @@ def deform_psroi_pool(
         if _is_static(rows):
             _check_rows(rows + 1, "features")
 
-        # Feature table: row ((b*H + y)*W + x)*G*G*classes + gidx*classes + cls holds the
-        # 2x2 neighbourhood of pixel (y, x) (zero-padded at the bottom/right) of the channels of
-        # group cell gidx and class cls; channel of output ctop = cls*Ce + j at cell gidx is
-        # ctop*G*G + gidx. The last row is zero (skipped and NaN samples read it).
-        image_table = tf.cast(features, cdtype)
-        if cells > 1:
-            image_table = tf.reshape(image_table, [-1, classes, per_class, cells])
-            image_table = tf.transpose(image_table, [0, 3, 1, 2])
-            image_table = tf.reshape(image_table,
-                                     [batch, height, width, cells * classes * per_class])
-        image_table = tf.pad(image_table, [[0, 0], [0, 1], [0, 1], [0, 0]])
-        table = _quad_table(image_table, cells * classes, per_class)
-        zero_row = rows
-
-        # Boxes: rounded in the rois' type, then computed in the compute type (as the op).
-        b = rois[:, 0]
-        box = tf.cast(_c_round(rois[:, 1:]), cdtype)           # [R, 4]: x1, y1, x2, y2
-        finite = tf.reduce_all(tf.abs(box) <= cdtype.max, axis=1)
-        batch_ok = (b == tf.floor(b)) & (b >= 0) & (b < tf.cast(batch, b.dtype))
-        roi_ok = finite & batch_ok
-        box = tf.unstack(tf.where(finite[:, None], box, tf.zeros_like(box)), axis=1)
-        image = tf.cast(tf.where(batch_ok, b, tf.zeros_like(b)), tf.int32)
-
-        def per_roi(v):
-            return tf.reshape(v, [-1, 1, 1, 1])
-
-        scale = tf.constant(spatial_scale, cdtype)
-        x_start = box[0] * scale - 0.5
-        y_start = box[1] * scale - 0.5
-        x_end = (box[2] + 1) * scale - 0.5
-        y_end = (box[3] + 1) * scale - 0.5
-        roi_w, roi_h = x_end - x_start, y_end - y_start
-        roi_w = tf.where(roi_w < 0.1, tf.constant(0.1, cdtype), roi_w)  # keeps NaN
-        roi_h = tf.where(roi_h < 0.1, tf.constant(0.1, cdtype), roi_h)
-        bin_w, bin_h = roi_w / pooled, roi_h / pooled
-        sub_w, sub_h = bin_w / sample_per_part, bin_h / sample_per_part
-        x_start, y_start, roi_w, roi_h = map(per_roi, (x_start, y_start, roi_w, roi_h))
-        bin_w, bin_h, sub_w, sub_h = map(per_roi, (bin_w, bin_h, sub_w, sub_h))
-
-        # Offsets of each bin's part cell: tx, ty [R, P, P, classes] (x before y).
-        if offsets is not None:
-            off = tf.cast(offsets, cdtype)
-            part = (np.arange(pooled) * part_size // pooled).astype(np.int32)
-            if not np.array_equal(part, np.arange(part_size)):
-                off = tf.gather(tf.gather(off, part, axis=1), part, axis=2)
-            off = tf.reshape(off, [num_rois, pooled, pooled, classes, 2])
-            tx = off[..., 0] * tf.constant(trans_std, cdtype)
-            ty = off[..., 1] * tf.constant(trans_std, cdtype)
-        else:
-            tx = ty = tf.zeros([1, 1, 1, 1], cdtype)
-        bins = np.arange(pooled, dtype=np.float64)
-        pw_f = tf.constant(bins.reshape(1, 1, pooled, 1), cdtype)
-        ph_f = tf.constant(bins.reshape(1, pooled, 1, 1), cdtype)
-        full = tf.zeros([num_rois, pooled, pooled, classes], cdtype)
-        w0 = pw_f * bin_w + x_start + tx * roi_w + full       # [R, P, P, classes]
-        h0 = ph_f * bin_h + y_start + ty * roi_h + full
+        table = _pool_feature_table(features, cells, classes, per_class, cdtype)
+        boxes = _pool_boxes(rois, batch, spatial_scale, pooled, sample_per_part, cdtype)
+        h0, w0, shift = _pool_bin_origins(offsets, boxes, num_rois, pooled, part_size, classes,
+                                          trans_std, cdtype)
 
         # Samples: every per-axis quantity is [R, P, P*classes, sample_per_part] (4-D, for
         # TFLite's broadcasting); sample ix of a bin is at w0 + ix*sub_w, row iy at h0 + iy*sub_h.
         steps = tf.constant(np.arange(sample_per_part, dtype=np.float64).reshape(1, 1, 1, -1),
                             cdtype)
         lanes = pooled * classes
-        xs = _AxisSamples(tf.reshape(w0, [-1, pooled, lanes, 1]) + steps * sub_w, width,
+        xs = _AxisSamples(tf.reshape(w0, [-1, pooled, lanes, 1]) + steps * boxes.sub_w, width,
                           tf.cast(width, cdtype))
-        ys = _AxisSamples(tf.reshape(h0, [-1, pooled, lanes, 1]) + steps * sub_h, height,
+        ys = _AxisSamples(tf.reshape(h0, [-1, pooled, lanes, 1]) + steps * boxes.sub_h, height,
                           tf.cast(height, cdtype))
         # The sample grid is a product, so are its kept samples: count = kept x's * kept y's.
         count = (tf.reduce_sum(tf.cast(xs.kept, cdtype), axis=-1)
                  * tf.reduce_sum(tf.cast(ys.kept, cdtype), axis=-1))
         any_nan = tf.reduce_any(xs.nan, axis=-1) | tf.reduce_any(ys.nan, axis=-1)
 
-        # Row of pixel (y, x) of image b, group cell gidx, class cls:
-        # ((b*H + y)*W + x)*G*G*classes + gidx*classes + cls.
-        gcell = np.minimum(np.arange(pooled) * group_size // pooled, group_size - 1)
-        cell = (gcell[:, None] * group_size + gcell[None, :])[:, :, None] * classes
-        cell = (cell + np.arange(classes)[None, None, :]).astype(np.int32)
-        cell = cell.reshape(1, pooled, lanes, 1)
-        image_row = tf.reshape(image * height, [-1, 1, 1, 1])
-        row_stride = cells * classes
-        # Under XLA one gather per sample (its fused gather-multiply-sum loop slows down sharply
-        # with more terms per output); otherwise as many x samples per gather as fit a block.
-        if _in_xla_context():
-            chunk = 1
-        else:
-            rois_static = static_dim(rois, 0)
-            per_sample = ((rois_static if rois_static is not None else _ASSUMED_ROIS)
-                          * pooled * pooled * output_dim * 4 * cdtype.size)
-            chunk = _units_per_gather(sample_per_part, per_sample)
-        total = None
-        for iy in range(sample_per_part):
-            for ix in range(0, sample_per_part, chunk):
-                cols = slice(ix, min(ix + chunk, sample_per_part))
-                taken = cols.stop - cols.start
-                kept = ys.kept[..., iy:iy + 1] & xs.kept[..., cols]
-                fy, fx = ys.frac[..., iy:iy + 1], xs.frac[..., cols]
-                gy, gx = 1 - fy, 1 - fx
-                index = (image_row + ys.lo[..., iy:iy + 1]) * width + xs.lo[..., cols]
-                index = tf.where(kept, index * row_stride + cell, zero_row)
-                # The table's corner order (y0,x0), (y0,x1), (y1,x0), (y1,x1), sample-major.
-                weight = tf.stack([gy * gx, gy * fx, fy * gx, fy * fx], axis=-1)
-                value = _blend(table, tf.reshape(index, [-1, taken]),
-                               tf.reshape(weight, [-1, 4 * taken]), per_class)
-                total = value if total is None else total + value
-
-        count = tf.reshape(count, [-1, 1])
-        pooled_value = tf.where(count > 0, total / tf.maximum(count, 1), tf.zeros_like(total))
-        nan_bin = any_nan | ~tf.reshape(roi_ok, [-1, 1, 1])
-        nan_bin = tf.reshape(nan_bin, [-1, 1])
-        # NaN bins: the op passes no gradient to the features and NaN to the bin's offsets. The
-        # factor is NaN only on NaN bins, so the other bins' offsets get a zero gradient here.
-        nan_factor = tf.where(nan_bin, tf.constant(np.nan, cdtype), tf.constant(0.0, cdtype))
-        nan_value = tf.reshape(tx + ty + full, [-1, 1]) * nan_factor
-        out = tf.where(nan_bin, nan_value, pooled_value)
+        total = _pool_sum_samples(table, xs, ys, boxes.image, height, width, rows, group_size,
+                                  pooled, classes, per_class, sample_per_part,
+                                  _pool_gather_chunk(rois, pooled, output_dim, sample_per_part,
+                                                     cdtype))
+        out = _pool_average(total, count, any_nan, boxes.roi_ok, shift, cdtype)
         out = tf.reshape(out, [num_rois, pooled, pooled, output_dim])
         return tf.cast(out, dtype)
+
+
+def _pool_feature_table(features: tf.Tensor, cells: int, classes: int, per_class: int,
+                        cdtype: tf.DType) -> tf.Tensor:
+    """The features as 2x2-neighbourhood rows (``_quad_table``): row ((b*H + y)*W + x)*G*G*classes
+    + gidx*classes + cls holds pixel (y, x)'s neighbourhood (zero-padded at the bottom/right) of
+    the channels of group cell gidx and class cls; the channel of output ctop = cls*Ce + j at
+    cell gidx is ctop*G*G + gidx. The last row is zero (skipped and NaN samples read it)."""
+    batch, height, width = _dim(features, 0), _dim(features, 1), _dim(features, 2)
+    image_table = tf.cast(features, cdtype)
+    if cells > 1:
+        image_table = tf.reshape(image_table, [-1, classes, per_class, cells])
+        image_table = tf.transpose(image_table, [0, 3, 1, 2])
+        image_table = tf.reshape(image_table,
+                                 [batch, height, width, cells * classes * per_class])
+    image_table = tf.pad(image_table, [[0, 0], [0, 1], [0, 1], [0, 0]])
+    return _quad_table(image_table, cells * classes, per_class)
+
+
+class _PoolBoxes(NamedTuple):
+    """The RoIs' geometry in the compute type, each ``[R, 1, 1, 1]``, plus ``image`` (``[R]``
+    int32 batch index, 0 where invalid) and ``roi_ok`` (``[R]``: finite box, valid index)."""
+
+    x_start: tf.Tensor
+    y_start: tf.Tensor
+    roi_w: tf.Tensor
+    roi_h: tf.Tensor
+    bin_w: tf.Tensor
+    bin_h: tf.Tensor
+    sub_w: tf.Tensor
+    sub_h: tf.Tensor
+    image: tf.Tensor
+    roi_ok: tf.Tensor
+
+
+def _pool_boxes(rois: tf.Tensor, batch: Dim, spatial_scale: float, pooled: int,
+                sample_per_part: int, cdtype: tf.DType) -> _PoolBoxes:
+    """MSRA's box rule: rounded in the rois' type (C ``round()``), ``+1`` on x2/y2, scaled, the
+    0.1 minimum size; then bins and sub-bins."""
+    b = rois[:, 0]
+    box = tf.cast(_c_round(rois[:, 1:]), cdtype)           # [R, 4]: x1, y1, x2, y2
+    finite = tf.reduce_all(tf.abs(box) <= cdtype.max, axis=1)
+    batch_ok = (b == tf.floor(b)) & (b >= 0) & (b < tf.cast(batch, b.dtype))
+    roi_ok = finite & batch_ok
+    box = tf.unstack(tf.where(finite[:, None], box, tf.zeros_like(box)), axis=1)
+    image = tf.cast(tf.where(batch_ok, b, tf.zeros_like(b)), tf.int32)
+
+    def per_roi(v):
+        return tf.reshape(v, [-1, 1, 1, 1])
+
+    scale = tf.constant(spatial_scale, cdtype)
+    x_start = box[0] * scale - 0.5
+    y_start = box[1] * scale - 0.5
+    x_end = (box[2] + 1) * scale - 0.5
+    y_end = (box[3] + 1) * scale - 0.5
+    roi_w, roi_h = x_end - x_start, y_end - y_start
+    roi_w = tf.where(roi_w < 0.1, tf.constant(0.1, cdtype), roi_w)  # keeps NaN
+    roi_h = tf.where(roi_h < 0.1, tf.constant(0.1, cdtype), roi_h)
+    bin_w, bin_h = roi_w / pooled, roi_h / pooled
+    sub_w, sub_h = bin_w / sample_per_part, bin_h / sample_per_part
+    return _PoolBoxes(*map(per_roi, (x_start, y_start, roi_w, roi_h, bin_w, bin_h, sub_w,
+                                     sub_h)), image, roi_ok)
+
+
+def _pool_bin_origins(offsets: tf.Tensor | None, boxes: _PoolBoxes, num_rois: Dim, pooled: int,
+                      part_size: int, classes: int, trans_std: float, cdtype: tf.DType):
+    """``(h0, w0, shift)``, each ``[R, P, P, classes]``: the first sample position of every bin
+    and class (the bin start moved by ``offset * trans_std * roi size``, the offsets of the
+    bin's part cell, x before y), and ``tx + ty`` (through which NaN bins pass their NaN
+    gradient to the offsets)."""
+    if offsets is not None:
+        off = tf.cast(offsets, cdtype)
+        part = (np.arange(pooled) * part_size // pooled).astype(np.int32)
+        if not np.array_equal(part, np.arange(part_size)):
+            off = tf.gather(tf.gather(off, part, axis=1), part, axis=2)
+        off = tf.reshape(off, [num_rois, pooled, pooled, classes, 2])
+        tx = off[..., 0] * tf.constant(trans_std, cdtype)
+        ty = off[..., 1] * tf.constant(trans_std, cdtype)
+    else:
+        tx = ty = tf.zeros([1, 1, 1, 1], cdtype)
+    bins = np.arange(pooled, dtype=np.float64)
+    pw_f = tf.constant(bins.reshape(1, 1, pooled, 1), cdtype)
+    ph_f = tf.constant(bins.reshape(1, pooled, 1, 1), cdtype)
+    full = tf.zeros([num_rois, pooled, pooled, classes], cdtype)
+    w0 = pw_f * boxes.bin_w + boxes.x_start + tx * boxes.roi_w + full
+    h0 = ph_f * boxes.bin_h + boxes.y_start + ty * boxes.roi_h + full
+    return h0, w0, tx + ty + full
+
+
+def _pool_gather_chunk(rois: tf.Tensor, pooled: int, output_dim: int, sample_per_part: int,
+                       cdtype: tf.DType) -> int:
+    """How many x samples one gather takes. Under XLA one (its fused gather-multiply-sum loop
+    slows down sharply with more terms per output); otherwise as many as fit a block."""
+    if _in_xla_context():
+        return 1
+    rois_static = static_dim(rois, 0)
+    per_sample = ((rois_static if rois_static is not None else _ASSUMED_ROIS)
+                  * pooled * pooled * output_dim * 4 * cdtype.size)
+    return _units_per_gather(sample_per_part, per_sample)
+
+
+def _pool_sum_samples(table: tf.Tensor, xs: "_AxisSamples", ys: "_AxisSamples",
+                      image: tf.Tensor, height: Dim, width: Dim, zero_row: Dim, group_size: int,
+                      pooled: int, classes: int, per_class: int, sample_per_part: int,
+                      chunk: int) -> tf.Tensor:
+    """``[R*P*P*classes, per_class]``: the sum over the kept samples of their bilinear values,
+    the four corner rows of each gathered from ``table`` (skipped and NaN samples read the
+    zero row), ``chunk`` x samples per gather."""
+    # Row of pixel (y, x) of image b, group cell gidx, class cls:
+    # ((b*H + y)*W + x)*G*G*classes + gidx*classes + cls.
+    lanes = pooled * classes
+    gcell = np.minimum(np.arange(pooled) * group_size // pooled, group_size - 1)
+    cell = (gcell[:, None] * group_size + gcell[None, :])[:, :, None] * classes
+    cell = (cell + np.arange(classes)[None, None, :]).astype(np.int32)
+    cell = cell.reshape(1, pooled, lanes, 1)
+    image_row = tf.reshape(image * height, [-1, 1, 1, 1])
+    row_stride = group_size * group_size * classes
+    total = None
+    for iy in range(sample_per_part):
+        for ix in range(0, sample_per_part, chunk):
+            cols = slice(ix, min(ix + chunk, sample_per_part))
+            taken = cols.stop - cols.start
+            kept = ys.kept[..., iy:iy + 1] & xs.kept[..., cols]
+            fy, fx = ys.frac[..., iy:iy + 1], xs.frac[..., cols]
+            gy, gx = 1 - fy, 1 - fx
+            index = (image_row + ys.lo[..., iy:iy + 1]) * width + xs.lo[..., cols]
+            index = tf.where(kept, index * row_stride + cell, zero_row)
+            # The table's corner order (y0,x0), (y0,x1), (y1,x0), (y1,x1), sample-major.
+            weight = tf.stack([gy * gx, gy * fx, fy * gx, fy * fx], axis=-1)
+            value = _blend(table, tf.reshape(index, [-1, taken]),
+                           tf.reshape(weight, [-1, 4 * taken]), per_class)
+            total = value if total is None else total + value
+    return total
+
+
+def _pool_average(total: tf.Tensor, count: tf.Tensor, any_nan: tf.Tensor, roi_ok: tf.Tensor,
+                  shift: tf.Tensor, cdtype: tf.DType) -> tf.Tensor:
+    """The bins' means (0 without a kept sample); NaN bins (NaN sample, bad box or index) are
+    NaN, pass no gradient to the features and a NaN one to their offsets (through ``shift``)."""
+    count = tf.reshape(count, [-1, 1])
+    pooled_value = tf.where(count > 0, total / tf.maximum(count, 1), tf.zeros_like(total))
+    nan_bin = any_nan | ~tf.reshape(roi_ok, [-1, 1, 1])
+    nan_bin = tf.reshape(nan_bin, [-1, 1])
+    # The factor is NaN only on NaN bins, so the other bins' offsets get a zero gradient here.
+    nan_factor = tf.where(nan_bin, tf.constant(np.nan, cdtype), tf.constant(0.0, cdtype))
+    nan_value = tf.reshape(shift, [-1, 1]) * nan_factor
+    return tf.where(nan_bin, nan_value, pooled_value)
 
 
 @tf.autograph.experimental.do_not_convert
