@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # ConvDims and PoolDims (the C API's dims structs) are re-exported for the tests.
-from tests.gpu.capi_dims import ConvDims, PoolDims, check_layout  # noqa: F401
+from tests.gpu.capi_ctypes import ConvDims, PoolDims, declare  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = Path(os.environ.get("TF_DCN_EMULATION_LIB",
@@ -26,17 +26,6 @@ TYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 
 _lib = None
 
-_I, _VP, _I64 = ctypes.c_int, ctypes.c_void_p, ctypes.c_int64
-_I64P = _VP  # an int64_t* out-parameter: ptr(np.zeros(1, np.int64)) or ctypes.byref(c_int64)
-_CONV, _POOL = ctypes.POINTER(ConvDims), ctypes.POINTER(PoolDims)
-_SIGNATURES = {  # see tests/gpu/capi.h; all return int
-    "tfdcn_conv_workspace_bytes": [_I, _CONV, _I, _I, _I64P],
-    "tfdcn_conv_forward": [_I, _CONV, _I, _VP] + [_VP] * 7 + [_I64],
-    "tfdcn_conv_backward": [_I, _CONV, _I, _VP] + [_VP] * 11 + [_I64],
-    "tfdcn_pool_workspace_bytes": [_I, _I, _POOL, _I, _I, _I64P],
-    "tfdcn_pool_forward": [_I, _I, _POOL, _I, _VP] + [_VP] * 5 + [_I64],
-    "tfdcn_pool_backward": [_I, _I, _POOL, _I, _VP] + [_VP] * 7 + [_I64],
-}
 
 
 def library() -> ctypes.CDLL:
@@ -44,12 +33,10 @@ def library() -> ctypes.CDLL:
     if _lib is None:
         if not LIBRARY.exists():
             raise FileNotFoundError(f"{LIBRARY} is missing: run `make build`")
-        _lib = ctypes.CDLL(str(LIBRARY))
-        _lib.tfdcn_error_string.restype = ctypes.c_char_p
-        check_layout(_lib)
-        for name, argtypes in _SIGNATURES.items():
-            getattr(_lib, name).argtypes = argtypes
-            getattr(_lib, name).restype = ctypes.c_int
+        lib = ctypes.CDLL(str(LIBRARY))
+        missing = declare(lib)
+        assert not missing, f"{LIBRARY} lacks {missing}"
+        _lib = lib
     return _lib
 
 

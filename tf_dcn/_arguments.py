@@ -132,6 +132,21 @@ def non_negative_float32(value, name: str) -> float:
     return value
 
 
+def normalize_pool_arguments(output_dim, group_size, pooled_size, part_size, sample_per_part,
+                             trans_std, spatial_scale):
+    """``(output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std,
+    spatial_scale)`` of the pooling op wrapper and composite, checked (ValueError naming the
+    argument); ``pooled_size`` defaults to ``group_size`` and ``part_size`` to ``pooled_size``."""
+    output_dim = positive_int32(output_dim, "output_dim")
+    group_size = positive_int32(group_size, "group_size")
+    pooled_size = group_size if pooled_size is None else positive_int32(pooled_size, "pooled_size")
+    part_size = pooled_size if part_size is None else positive_int32(part_size, "part_size")
+    sample_per_part = positive_int32(sample_per_part, "sample_per_part")
+    trans_std = non_negative_float32(trans_std, "trans_std")
+    spatial_scale = non_negative_float32(spatial_scale, "spatial_scale")
+    return output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std, spatial_scale
+
+
 def convert_to_dtype(value, dtype: tf.DType, name: str, like: str = "inputs") -> tf.Tensor:
     """``value`` as a tensor of ``dtype`` (the dtype of argument ``like``). A tensor of another
     dtype raises a ValueError naming both arguments and dtypes (TensorFlow's own message would

@@ -43,8 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dcn._arguments import (FLOAT_DTYPES, IntOrPair, Padding, convert_to_dtype,
-                               non_negative_float32, normalize_conv_arguments,
-                               positive_int32, static_dim)
+                               normalize_conv_arguments, normalize_pool_arguments, static_dim)
 from tf_dcn.deform_conv import check_deform_conv2d_shapes
 from tf_dcn.deform_psroi_pool import check_deform_psroi_pool_shapes, convert_rois, roi_pool_channels
 
@@ -558,13 +557,9 @@ def deform_psroi_pool(
         >>> out.shape
         TensorShape([1, 7, 7, 21])
     """
-    output_dim = positive_int32(output_dim, "output_dim")
-    group_size = positive_int32(group_size, "group_size")
-    pooled_size = group_size if pooled_size is None else positive_int32(pooled_size, "pooled_size")
-    part_size = pooled_size if part_size is None else positive_int32(part_size, "part_size")
-    sample_per_part = positive_int32(sample_per_part, "sample_per_part")
-    trans_std = non_negative_float32(trans_std, "trans_std")
-    spatial_scale = non_negative_float32(spatial_scale, "spatial_scale")
+    output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std, spatial_scale = (
+        normalize_pool_arguments(output_dim, group_size, pooled_size, part_size, sample_per_part,
+                                 trans_std, spatial_scale))
     # The op's attributes are float32.
     trans_std = float(np.float32(trans_std))
     spatial_scale = float(np.float32(spatial_scale))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_dcn._arguments import (FLOAT_DTYPES, check_rank, convert_to_dtype, non_negative_float32,
-                               positive_int32, static_dim)
+from tf_dcn._arguments import (FLOAT_DTYPES, check_rank, convert_to_dtype,
+                               normalize_pool_arguments, static_dim)
 from tf_dcn._loader import load_ops
 
 _FORWARD_OP = "TfDcn>DeformablePSRoIPool"
@@ -167,13 +167,9 @@ def deform_psroi_pool(
         >>> out.shape
         TensorShape([1, 7, 7, 21])
     """
-    output_dim = positive_int32(output_dim, "output_dim")
-    group_size = positive_int32(group_size, "group_size")
-    pooled_size = group_size if pooled_size is None else positive_int32(pooled_size, "pooled_size")
-    part_size = pooled_size if part_size is None else positive_int32(part_size, "part_size")
-    sample_per_part = positive_int32(sample_per_part, "sample_per_part")
-    trans_std = non_negative_float32(trans_std, "trans_std")
-    spatial_scale = non_negative_float32(spatial_scale, "spatial_scale")
+    output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std, spatial_scale = (
+        normalize_pool_arguments(output_dim, group_size, pooled_size, part_size, sample_per_part,
+                                 trans_std, spatial_scale))
 
     with tf.name_scope(name or "deform_psroi_pool"):
         features = tf.convert_to_tensor(features, name="features")

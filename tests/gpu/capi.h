@@ -1,5 +1,5 @@
 /* Framework-free C API over tf-dcn's GPU launchers, for testing them without TensorFlow. C++ only
- * (the dims are the kernels' C++ structs); the callers are ctypes (capi_dims.py).
+ * (the dims are the kernels' C++ structs); the callers are ctypes (capi_ctypes.py).
  *
  * Built two ways from capi.cc:
  *   - on a GPU machine by tests/gpu/run.sh (nvcc): the CUDA launchers of cc/kernels (.cu files),
@@ -16,7 +16,7 @@
  * [num_rois, 5], float64 when rois_double else float32, batch indices already valid; offsets
  * [num_rois, part_size, part_size, 2*num_classes], x before y, read only when use_offsets;
  * num_classes is 1 without offsets; spatial_scale and trans_std float32 like the op's
- * attributes). tests/gpu/capi_dims.py mirrors both with ctypes and checks the mirror against
+ * attributes). tests/gpu/capi_ctypes.py mirrors both with ctypes and checks the mirror against
  * the tfdcn_*_dims_size / _field_count / _field_offset functions below.
  * Every launcher returns 0 or an error code; tfdcn_error_string explains it.
  */

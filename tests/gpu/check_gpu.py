@@ -61,42 +61,17 @@ FAILURES: list[str] = []
 
 # ---- C API ---------------------------------------------------------------------------------
 
-def _load_capi_dims():
-    """tests/gpu/capi_dims.py by path (the tests package imports TensorFlow)."""
-    spec = importlib.util.spec_from_file_location("capi_dims", Path(__file__).with_name(
-        "capi_dims.py"))
+def _load_capi_ctypes():
+    """tests/gpu/capi_ctypes.py by path (the tests package imports TensorFlow)."""
+    spec = importlib.util.spec_from_file_location("capi_ctypes", Path(__file__).with_name(
+        "capi_ctypes.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-capi_dims = _load_capi_dims()
-
-_P = ctypes.c_void_p
-_I = ctypes.c_int
+capi_ctypes = _load_capi_ctypes()
 _I64 = ctypes.c_int64
-_I64P = ctypes.POINTER(ctypes.c_int64)
-_CONV = ctypes.POINTER(capi_dims.ConvDims)
-_POOL = ctypes.POINTER(capi_dims.PoolDims)
-
-_SIGNATURES = {
-    # name: argtypes (all return int)
-    "tfdcn_conv_workspace_bytes": [_I, _CONV, _I, _I, _I64P],
-    # type, dims, deterministic, stream, input, offsets, mask, kernel, bias, output, workspace,
-    # bytes
-    "tfdcn_conv_forward": [_I, _CONV, _I, _P] + [_P] * 7 + [_I64],
-    # type, dims, deterministic, stream, input, offsets, mask, kernel, grad_output, grad_input,
-    # grad_offsets, grad_mask, grad_kernel, grad_bias, workspace, bytes
-    "tfdcn_conv_backward": [_I, _CONV, _I, _P] + [_P] * 11 + [_I64],
-    # type, rois_double, dims, deterministic, backward, bytes
-    "tfdcn_pool_workspace_bytes": [_I, _I, _POOL, _I, _I, _I64P],
-    # type, rois_double, dims, deterministic, stream, features, rois, offsets, output, workspace,
-    # bytes
-    "tfdcn_pool_forward": [_I, _I, _POOL, _I, _P] + [_P] * 5 + [_I64],
-    # ... stream, features, rois, offsets, grad_output, grad_features, grad_offsets, workspace,
-    # bytes
-    "tfdcn_pool_backward": [_I, _I, _POOL, _I, _P] + [_P] * 7 + [_I64],
-}
 
 
 class CApi:
@@ -104,20 +79,7 @@ class CApi:
 
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
-        self.lib.tfdcn_error_string.argtypes = [_I]
-        self.lib.tfdcn_error_string.restype = ctypes.c_char_p
-        self.lib.tfdcn_on_device.argtypes = []
-        self.lib.tfdcn_on_device.restype = _I
-        self.missing = []
-        for name, argtypes in _SIGNATURES.items():
-            try:
-                fn = getattr(self.lib, name)
-            except AttributeError:
-                self.missing.append(name)
-                continue
-            fn.argtypes = argtypes
-            fn.restype = _I
-        capi_dims.check_layout(self.lib)
+        self.missing = capi_ctypes.declare(self.lib)
 
     def call(self, name: str, *args) -> None:
         code = getattr(self.lib, name)(*args)
@@ -130,7 +92,6 @@ class CApi:
         nbytes = _I64(0)
         self.call(name, *args, ctypes.byref(nbytes))
         return torch.empty(max(int(nbytes.value), 1), dtype=torch.uint8, device=DEVICE)
-
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
@@ -217,7 +178,7 @@ class ConvSpec:
 
     def dims(self):
         """The C API's tf_dcn::DeformConv2DDims."""
-        return ctypes.byref(capi_dims.ConvDims(
+        return ctypes.byref(capi_ctypes.ConvDims(
             batch=self.n, in_h=self.h, in_w=self.w, in_c=self.c, out_h=self.ho, out_w=self.wo,
             out_c=self.cout, kernel_h=self.kh, kernel_w=self.kw, stride_h=self.stride[0],
             stride_w=self.stride[1], dilation_h=self.dil[0], dilation_w=self.dil[1],
@@ -461,7 +422,7 @@ class PoolSpec:
 
     def dims(self):
         """The C API's tf_dcn::DeformPSRoIPoolDims."""
-        return ctypes.byref(capi_dims.PoolDims(
+        return ctypes.byref(capi_ctypes.PoolDims(
             batch=self.n, height=self.h, width=self.w, channels=self.channels,
             num_rois=self.num_rois, output_dim=self.output_dim, group_size=self.group_size,
             pooled_size=self.pooled_size, part_size=self.part_size,

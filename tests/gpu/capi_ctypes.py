@@ -1,4 +1,5 @@
-"""ctypes mirrors of the two dimension structs that the GPU launchers' C API (capi.h) takes:
+"""The GPU launchers' C API (capi.h) for ctypes: the entry points' signatures (SIGNATURES,
+declare) and mirrors of the two dimension structs they take:
 ``tf_dcn::DeformConv2DDims`` (cc/kernels/deform_conv2d_geometry.h) and
 ``tf_dcn::DeformPSRoIPoolDims`` (cc/kernels/deform_psroi_pool_geometry.h).
 
@@ -60,6 +61,48 @@ class PoolDims(_Dims):
 
 
 _STRUCTS = {"conv": ConvDims, "pool": PoolDims}
+
+_I, _P, _CONV, _POOL = ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ConvDims), ctypes.POINTER(
+    PoolDims)
+# Argument types of the launcher entry points (all return int). The int64_t* out-parameter of
+# the *_workspace_bytes functions is a c_void_p: ctypes.byref(c_int64) and array pointers pass.
+SIGNATURES = {
+    # type, dims, deterministic, backward, bytes
+    "tfdcn_conv_workspace_bytes": [_I, _CONV, _I, _I, _P],
+    # type, dims, deterministic, stream, input, offsets, mask, kernel, bias, output, workspace,
+    # bytes
+    "tfdcn_conv_forward": [_I, _CONV, _I, _P] + [_P] * 7 + [_I64],
+    # type, dims, deterministic, stream, input, offsets, mask, kernel, grad_output, grad_input,
+    # grad_offsets, grad_mask, grad_kernel, grad_bias, workspace, bytes
+    "tfdcn_conv_backward": [_I, _CONV, _I, _P] + [_P] * 11 + [_I64],
+    # type, rois_double, dims, deterministic, backward, bytes
+    "tfdcn_pool_workspace_bytes": [_I, _I, _POOL, _I, _I, _P],
+    # type, rois_double, dims, deterministic, stream, features, rois, offsets, output, workspace,
+    # bytes
+    "tfdcn_pool_forward": [_I, _I, _POOL, _I, _P] + [_P] * 5 + [_I64],
+    # ... stream, features, rois, offsets, grad_output, grad_features, grad_offsets, workspace,
+    # bytes
+    "tfdcn_pool_backward": [_I, _I, _POOL, _I, _P] + [_P] * 7 + [_I64],
+}
+
+
+def declare(lib: ctypes.CDLL) -> list[str]:
+    """Sets the signatures of ``lib``'s entry points, checks the dims layout (check_layout) and
+    returns the names of the entry points the library lacks."""
+    lib.tfdcn_error_string.argtypes = [_I]
+    lib.tfdcn_error_string.restype = ctypes.c_char_p
+    lib.tfdcn_on_device.argtypes = []
+    lib.tfdcn_on_device.restype = _I
+    missing = []
+    for name, argtypes in SIGNATURES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            missing.append(name)
+            continue
+        fn.argtypes, fn.restype = argtypes, _I
+    check_layout(lib)
+    return missing
 
 
 def check_layout(lib: ctypes.CDLL) -> None:
