@@ -103,7 +103,7 @@ def check_rank(tensor: tf.Tensor, rank: int, name: str, layout: str) -> None:
 
 def positive_int(value, name: str) -> int:
     """``value`` as an int >= 1; ValueError naming ``name`` otherwise."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
@@ -111,7 +111,7 @@ def positive_int(value, name: str) -> int:
 def positive_int32(value, name: str) -> int:
     """``value`` as an int in ``[1, 2**31 - 1]`` (an int32 op attribute); ValueError naming
     ``name`` otherwise. Accepts any integral number (``np.int64`` too) but not ``bool``."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    if not _is_int(value):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not 1 <= int(value) <= _INT32_MAX:
         raise ValueError(

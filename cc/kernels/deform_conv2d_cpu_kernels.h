@@ -204,6 +204,8 @@ class BackwardPass {
         grad_bias_(grad_bias),
         image_size_(d.in_h * d.in_w * d.in_c),
         taps_(d.taps()),
+        in_c_per_group_(d.in_c_per_group()),
+        in_c_per_dgroup_(d.in_c_per_dgroup()),
         out_c_per_group_(d.out_c_per_group()),
         kernel_rows_(d.taps() * d.in_c_per_group()),
         kernel_size_(d.taps() * d.in_c_per_group() * d.out_c),
@@ -353,7 +355,7 @@ class BackwardPass {
   // order) and the helpers are applied to the sums.
   void ScatterSample(const PixelIndex& px, int64_t pp, int64_t count, int64_t gk, const T* image,
                      const T* off, const T* msk, T* doff, T* dmsk, A* din, Scratch* scratch) const {
-    const int64_t c = d_.in_c, cdg = d_.in_c_per_dgroup();
+    const int64_t c = d_.in_c, cdg = in_c_per_dgroup_;
     const int64_t g = gk / taps_, k = gk - g * taps_;
     const ConvSample<A> s = SampleConvTap<A>(d_, px.ho, px.wo, k, off + 2 * gk);
     const A m = msk ? A(msk[gk]) : A(1);
@@ -374,7 +376,7 @@ class BackwardPass {
     const A w[4] = {m * s.weight[0], m * s.weight[1], m * s.weight[2], m * s.weight[3]};
     ForEachGroupSegment(d_, g * cdg, (g + 1) * cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
       const A* dc =
-          scratch->dcol.data() + ColumnIndex(count, taps_, d_.in_c_per_group(), grp, pp, k, c0);
+          scratch->dcol.data() + ColumnIndex(count, taps_, in_c_per_group_, grp, pp, k, c0);
       AccumulateSegment(dc, src, dst, w, c0, c1 - c0, sums);
     });
     const A gm = ConvSampleValue(s, sums);
@@ -441,6 +443,8 @@ class BackwardPass {
   T *grad_input_, *grad_offsets_, *grad_mask_, *grad_kernel_, *grad_bias_;
   const int64_t image_size_;       // H * W * C: one image of the input (gradient)
   const int64_t taps_;             // kernel_h * kernel_w
+  const int64_t in_c_per_group_;   // input channels per convolution group
+  const int64_t in_c_per_dgroup_;  // input channels per deformable group
   const int64_t out_c_per_group_;  // output channels per convolution group
   const int64_t kernel_rows_;      // taps * C/groups: rows of one group's kernel matrix
   const int64_t kernel_size_;      // kernel_rows * Cout elements
