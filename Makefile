@@ -26,18 +26,22 @@ GLIBC_FLOOR := 2.27
 EMU_LIB     := $(BUILD)/emulation/libtfdcn_emulation.so
 
 # Every C++ source of the CPU op library (the Bazel BUILD file is checked against this list).
-# The AVX2 kernels come last: where the baseline and AVX2 objects both emit an inline function,
-# the linker keeps the first (baseline) copy, so no AVX2 instruction runs outside the AVX2 path.
+# The kernels built for wider instruction sets come last, narrowest first (avx2, then avx512):
+# where several objects emit the same inline function the linker keeps the first copy, so no
+# instruction of a wider set runs outside that set's path (tests/test_cpu_isa.py checks both).
 OPS_SRCS := \
 	cc/ops/deform_conv2d_ops.cc \
 	cc/kernels/deform_conv2d_op.cc \
 	cc/kernels/deform_conv2d_cpu.cc \
 	cc/kernels/cpu_dispatch.cc \
-	cc/kernels/deform_conv2d_cpu_generic.cc \
+	cc/kernels/cpu_kernels_generic.cc \
 	cc/ops/deform_psroi_pool_ops.cc \
 	cc/kernels/deform_psroi_pool_op.cc \
 	cc/kernels/deform_psroi_pool_cpu.cc \
-	cc/kernels/deform_conv2d_cpu_avx2.cc
+	cc/kernels/cpu_kernels_avx2.cc \
+	cc/kernels/cpu_kernels_avx512.cc
+# The wider-ISA objects: the tail of OPS_SRCS, kept at the end of every link line.
+ISA_SRCS := $(filter %_avx2.cc %_avx512.cc,$(OPS_SRCS))
 HEADERS := $(wildcard cc/kernels/*.h)
 OBJS := $(patsubst %.cc,$(BUILD)/%.o,$(OPS_SRCS))
 
@@ -48,7 +52,7 @@ CXXFLAGS ?= -O3 -DNDEBUG
 SIMD     := -fopenmp-simd
 WARN     := -Wall -Wno-deprecated-declarations -Wno-interference-size -Wno-sign-compare -Wno-unused-function
 
-.PHONY: all venv build gpu test demo wheel bench bench-gpu bazel clean distclean print-sources
+.PHONY: all venv build gpu test demo wheel bench bench-gpu bazel clean distclean print-sources print-isa-flags
 .DELETE_ON_ERROR:
 
 all: build
@@ -68,12 +72,15 @@ print('TF_CFLAGS := ' + ' '.join(tf.sysconfig.get_compile_flags())); \
 print('TF_LFLAGS := ' + ' '.join(tf.sysconfig.get_link_flags()))" 2>/dev/null > $@.tmp
 	@mv $@.tmp $@
 
-ifneq ($(filter-out venv clean distclean print-sources,$(or $(MAKECMDGOALS),all)),)
+ifneq ($(filter-out venv clean distclean print-sources print-isa-flags,$(or $(MAKECMDGOALS),all)),)
 -include $(BUILD)/tf_flags.mk
 endif
 
 # Extra instruction sets, only for the translation units that are dispatched at run time.
-$(BUILD)/cc/kernels/%_avx2.o: ISA_FLAGS := -mavx2 -mfma -mf16c
+AVX2_FLAGS   := -mavx2 -mfma -mf16c
+AVX512_FLAGS := $(AVX2_FLAGS) -mavx512f -mavx512bw -mavx512dq -mavx512vl
+$(BUILD)/cc/kernels/%_avx2.o: ISA_FLAGS := $(AVX2_FLAGS)
+$(BUILD)/cc/kernels/%_avx512.o: ISA_FLAGS := $(AVX512_FLAGS)
 
 $(BUILD)/%.o: %.cc $(HEADERS) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
@@ -114,12 +121,12 @@ CU_SRCS      := $(sort $(wildcard cc/kernels/*.cu))
 GPU_SHIMS    := cc/kernels/deform_conv2d_op.cc cc/kernels/deform_psroi_pool_op.cc
 GPU_FUNCTORS := $(sort $(wildcard cc/kernels/gpu/*.cc))
 # The CPU objects in OPS_SRCS order with the shims swapped for their GPU builds; the GPU functors
-# and the .cu objects go before the last (AVX2) object, which must stay last.
-CUDA_OBJS := $(foreach s,$(filter-out $(lastword $(OPS_SRCS)),$(OPS_SRCS)),\
+# and the .cu objects go before the wider-ISA objects, which must stay last.
+CUDA_OBJS := $(foreach s,$(filter-out $(ISA_SRCS),$(OPS_SRCS)),\
 	$(if $(filter $(s),$(GPU_SHIMS)),$(BUILD)/cuda/$(s:.cc=.o),$(BUILD)/$(s:.cc=.o))) \
 	$(patsubst %.cc,$(BUILD)/cuda/%.o,$(GPU_FUNCTORS)) \
 	$(patsubst %.cu,$(BUILD)/cuda/%.cu.o,$(CU_SRCS)) \
-	$(BUILD)/$(patsubst %.cc,%.o,$(lastword $(OPS_SRCS)))
+	$(patsubst %.cc,$(BUILD)/%.o,$(ISA_SRCS))
 
 $(BUILD)/cuda/%.cu.o: %.cu $(HEADERS) $(wildcard cc/kernels/*.cuh) tools/glibc_compat.py | $(STAMP)
 	@test -n "$(NVCC)" || { echo "nvcc not found: install the CUDA 13 toolkit or build with CUDA=0"; exit 1; }
@@ -175,6 +182,10 @@ bazel: $(STAMP)
 
 print-sources:
 	@echo $(OPS_SRCS)
+
+print-isa-flags:
+	@echo "avx2: $(AVX2_FLAGS)"
+	@echo "avx512: $(AVX512_FLAGS)"
 
 clean:
 	rm -rf $(BUILD) $(OPS_LIB) $(CUDA_LIB) $(BUILD_INFO) dist *.egg-info

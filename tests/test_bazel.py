@@ -7,7 +7,7 @@ PS-RoI pooling with and without offsets and its gradient op) on the same seeded 
 with each CPU instruction set the machine has, and saves the outputs to an .npz.
 
 The outputs must be bitwise equal: both builds use the same g++, -O3 -DNDEBUG (cc/BUILD adds -O3 to
-Bazel's -c opt), the same -mavx2 -mfma -mf16c for the AVX2 file only (so the same FMA
+Bazel's -c opt), the same -m flags for the AVX2 and AVX-512 files only (so the same FMA
 contraction), -std=c++17 and TensorFlow's -D flags, and the kernels are deterministic for a fixed
 thread count. Bazel's other flags (-fno-omit-frame-pointer, -fstack-protector, _FORTIFY_SOURCE,
 -ffunction-sections, gold, --gc-sections) do not change floating-point code. A difference means
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from tf_dcn import _loader
-from tests.isa_scan import avx_instructions_outside_avx2, cpu_has_avx2
+from tests.isa_scan import ISAS, cpu_supports, scan
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "tools" / "bazel_build.sh"
@@ -180,7 +180,7 @@ def test_bazel_library_computes_the_same_as_the_makefile_library(bazel_library, 
     if newer:
         pytest.fail(f"{MAKE_LIBRARY} is older than {newer[0].relative_to(REPO)}: run `make build` "
                     "(`make test` does) so that both libraries are built from the same sources")
-    isas = ["generic"] + (["avx2"] if cpu_has_avx2() else [])
+    isas = [isa for isa in ISAS if cpu_supports(isa)]
     results = _run_workers({"make": MAKE_LIBRARY, "bazel": bazel_library}, tmp_path, isas)
     make, bazel = results["make"], results["bazel"]
     assert sorted(make) == sorted(bazel)
@@ -203,14 +203,13 @@ def test_bazel_library_computes_the_same_as_the_makefile_library(bazel_library, 
     )
 
 
-def test_avx2_object_is_linked_last(bazel_library):
-    """On the link command line every baseline object comes before the AVX2 one.
+def test_wider_isa_objects_are_linked_last_narrowest_first(bazel_library):
+    """On the link command line every baseline object comes first, then avx2, then avx512.
 
-    Where both builds emit the same inline function, the linker keeps the first copy; it must be
-    the baseline one, so that no AVX2 code runs on CPUs without AVX2. The disassembly check below
-    cannot see a wrong order with today's sources (linking the AVX2 object first still passes it:
-    the one inline function both objects emit, std::vector<float>::_M_default_append, has no VEX
-    instruction in the AVX2 object), so the order itself is checked here.
+    Where several objects emit the same inline function, the linker keeps the first copy; it must
+    be the narrowest one, so that no AVX2 (AVX-512) code runs on CPUs without it. The disassembly
+    check below cannot see every wrong order (an inline function whose wider copy happens to have
+    no wider instruction), so the order itself is checked here.
     """
     proc = subprocess.run(
         [_bazel(), "aquery", "--noshow_progress", f'mnemonic("CppLink", {BAZEL_TARGET})'],
@@ -220,15 +219,14 @@ def test_avx2_object_is_linked_last(bazel_library):
     command = proc.stdout.split("Command Line:", 1)[1]
     objects = re.findall(r"(\S+?)\.(?:pic\.)?o\b", command)
     names = [Path(o).name for o in objects]
-    assert len(names) == len(set(names)) >= 2, names
-    avx2 = [i for i, name in enumerate(names) if name.endswith("_avx2")]
-    assert avx2, f"no AVX2 object on the link line: {names}"
-    assert avx2 == list(range(len(names) - len(avx2), len(names))), (
-        f"the AVX2 objects must be linked last; link order: {names}"
-    )
+    assert len(names) == len(set(names)) >= 3, names
+    tail = [name for name in names if name.endswith(("_avx2", "_avx512"))]
+    assert [name.rsplit("_", 1)[1] for name in tail] == ["avx2", "avx512"], names
+    assert names[-2:] == tail, f"the wider-ISA objects must be linked last; link order: {names}"
 
 
-def test_no_avx_instruction_outside_the_avx2_build(bazel_library):
-    vex_in_avx2, leaked = avx_instructions_outside_avx2(bazel_library)
-    assert vex_in_avx2 > 0, "the AVX2 build is missing from the Bazel-built library"
-    assert not leaked, sorted(leaked)[:10]
+def test_no_instruction_of_a_wider_set_outside_its_build(bazel_library):
+    counts, leaks = scan(bazel_library)
+    assert counts["avx2"] > 0 and counts["avx512"] > 0, (
+        "an ISA build is missing from the Bazel-built library", counts)
+    assert not leaks["avx2"] and not leaks["avx512"], {k: sorted(v)[:10] for k, v in leaks.items()}

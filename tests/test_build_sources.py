@@ -118,7 +118,7 @@ def _diff(a_name: str, a: list[str], b_name: str, b: list[str]) -> str:
     return (
         f"\n  only in {a_name}: {only_a or '-'}\n  only in {b_name}: {only_b or '-'}\n"
         "Keep the Makefile's OPS_SRCS and cc/BUILD's source lists (OPS_SRCS, KERNELS_SRCS, "
-        "KERNELS_AVX2_SRCS) in step."
+        "KERNELS_AVX2_SRCS, KERNELS_AVX512_SRCS) in step."
     )
 
 
@@ -148,26 +148,42 @@ def test_every_cc_file_is_built():
     )
 
 
-def test_avx2_sources_get_the_avx2_flags_and_come_last():
-    """The Makefile gives -mavx2 -mfma -mf16c to *_avx2.cc; cc/BUILD must do the same, no more."""
+def _make_isa_flags() -> dict[str, set[str]]:
+    """The Makefile's -m flags per wider instruction set (make print-isa-flags)."""
+    out = subprocess.run(["make", "-s", "--no-print-directory", "print-isa-flags"], cwd=REPO,
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    flags = {}
+    for line in out.splitlines():
+        isa, _, values = line.partition(":")
+        flags[isa.strip()] = set(values.split())
+    return flags
+
+
+def test_isa_sources_get_their_flags_and_come_last_narrowest_first():
+    """The Makefile gives *_avx2.cc its AVX2_FLAGS and *_avx512.cc its AVX512_FLAGS; cc/BUILD must
+    give each rule exactly the -m flags of the sources it builds, and none to the others."""
+    isa_flags = _make_isa_flags()
+    assert set(isa_flags) == {"avx2", "avx512"}, isa_flags
+    assert set(AVX2_COPTS) == isa_flags["avx2"] < isa_flags["avx512"], isa_flags
     rules = read_build_file()
     reachable = set(bazel_sources(rules))
     for rule in rules.values():
         srcs = [f"cc/{s}" for s in rule.srcs]
-        has_flags = all(flag in rule.copts for flag in AVX2_COPTS)
-        avx2 = [s for s in srcs if s.endswith("_avx2.cc")]
-        if has_flags:
-            assert avx2 == srcs, f"cc/BUILD: {rule.name} builds non-AVX2 sources with AVX2 flags"
-        else:
-            assert not avx2, f"cc/BUILD: {rule.name} builds {avx2} without {AVX2_COPTS}"
-            assert not any(f in rule.copts for f in AVX2_COPTS), rule.name
+        m_flags = {f for f in rule.copts if f.startswith("-m")}
+        isas = {s.rsplit("_", 1)[1][:-3] if s.endswith(("_avx2.cc", "_avx512.cc")) else "generic"
+                for s in srcs}
+        assert len(isas) <= 1, f"cc/BUILD: {rule.name} mixes instruction sets: {srcs}"
+        isa = isas.pop() if isas else "generic"
+        assert m_flags == isa_flags.get(isa, set()), (
+            f"cc/BUILD: {rule.name} builds {isa} sources with {sorted(m_flags)}")
     make_srcs = makefile_sources()
-    avx2_make = [s for s in make_srcs if s.endswith("_avx2.cc")]
-    assert avx2_make, "the Makefile builds no *_avx2.cc"
-    assert make_srcs[-len(avx2_make):] == avx2_make, (
-        "the Makefile must link the AVX2 objects after every other object (OPS_SRCS order)"
+    tail = [s for s in make_srcs if s.endswith(("_avx2.cc", "_avx512.cc"))]
+    assert [s.rsplit("_", 1)[1] for s in tail] == ["avx2.cc", "avx512.cc"], tail
+    assert make_srcs[-len(tail):] == tail, (
+        "the Makefile must link the wider-ISA objects after every other object, avx2 before "
+        "avx512 (OPS_SRCS order)"
     )
-    assert set(avx2_make) <= reachable
+    assert set(tail) <= reachable
 
 
 def test_bazel_query_agrees_with_the_parsed_build_file():

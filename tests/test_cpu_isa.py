@@ -1,11 +1,16 @@
-"""The CPU kernels are built twice (baseline x86-64 and AVX2+FMA+F16C) and chosen at run time.
+"""The CPU kernels are built three times (baseline x86-64, AVX2+FMA+F16C, AVX-512 on top) and
+chosen at run time.
 
-Checks that both builds compute the same numbers, that TF_DCN_CPU_ISA forces either, and that no
-AVX instruction leaked into code that runs on CPUs without AVX2 (the wheel must run on every
-x86-64 CPU that TensorFlow runs on).
+Checks that every build computes the same numbers (bitwise on integer-valued inputs, where every
+sum is exact whatever the order and whether or not it is fused; closely on random ones), that
+TF_DCN_CPU_ISA forces each, and that no instruction of a wider set leaked into the code of a
+narrower one (the wheel must run on every x86-64 CPU that TensorFlow runs on).
 """
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,69 +19,142 @@ import tensorflow as tf
 import tf_dcn
 from tf_dcn import _loader
 from tests import conv_reference as ref
-from tests.isa_scan import avx_instructions_outside_avx2, cpu_has_avx2
+from tests.isa_scan import ISAS, cpu_supports, scan
+
+REPO = Path(__file__).resolve().parents[1]
+WIDER_ISAS = [isa for isa in ISAS if isa != "generic"]
 
 
-def _run_case(seed: int):
+def _require(isa: str) -> None:
+    if not cpu_supports(isa):
+        pytest.skip(f"this CPU cannot run the {isa} build")
+
+
+def _conv_case(seed: int, integer: bool):
+    """Forward and all gradients of a grouped, modulated deformable convolution."""
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, (3, 9, 8, 8)).astype(np.float32)
-    kernel = rng.uniform(-1, 1, (3, 3, 4, 6)).astype(np.float32)
-    offsets = rng.uniform(-2, 2, (3, 9, 8, 36)).astype(np.float32)
-    mask = rng.uniform(0, 1, (3, 9, 8, 18)).astype(np.float32)
+    if integer:
+        # Integer offsets put every sample on a pixel: weights 0/1, every sum exact.
+        x = rng.integers(-4, 5, (3, 9, 8, 8)).astype(np.float32)
+        kernel = rng.integers(-3, 4, (3, 3, 4, 6)).astype(np.float32)
+        offsets = rng.integers(-2, 3, (3, 9, 8, 36)).astype(np.float32)
+        mask = rng.integers(0, 3, (3, 9, 8, 18)).astype(np.float32)
+        upstream = rng.integers(-2, 3, (3, 9, 8, 6)).astype(np.float32)
+    else:
+        x = rng.uniform(-1, 1, (3, 9, 8, 8)).astype(np.float32)
+        kernel = rng.uniform(-1, 1, (3, 3, 4, 6)).astype(np.float32)
+        offsets = rng.uniform(-2, 2, (3, 9, 8, 36)).astype(np.float32)
+        mask = rng.uniform(0, 1, (3, 9, 8, 18)).astype(np.float32)
+        upstream = rng.uniform(-1, 1, (3, 9, 8, 6)).astype(np.float32)
     tensors = [tf.constant(a) for a in (x, offsets, kernel, mask)]
     with tf.GradientTape() as tape:
         tape.watch(tensors)
         y = tf_dcn.deform_conv2d(tensors[0], tensors[1], tensors[2], mask=tensors[3],
                                  padding="same", groups=2, deformable_groups=2)
-    grads = tape.gradient(y, tensors)
+    grads = tape.gradient(y, tensors, output_gradients=tf.constant(upstream))
+    return [y.numpy()] + [g.numpy() for g in grads], (x, offsets, kernel, mask)
+
+
+def _pool_case(seed: int, integer: bool):
+    """Forward and gradients of deformable PS-RoI pooling and deformable RoI pooling."""
+    rng = np.random.default_rng(seed)
+    # spatial_scale 1 and 8-pixel boxes: bins of 4 and samples 2 apart, at half-integer positions;
+    # offsets move them by multiples of trans_std * 8 = 0.5. Bilinear weights are then multiples
+    # of 1/4 and every sum is exact.
+    features = (rng.integers(-4, 5, (2, 12, 12, 2 * 2 * 3)) if integer
+                else rng.uniform(-1, 1, (2, 12, 12, 12))).astype(np.float32)
+    corners = rng.integers(0, 4, (5, 2))
+    rois = np.concatenate([rng.integers(0, 2, (5, 1)), corners, corners + 7], axis=1)
+    offsets = (rng.integers(-2, 3, (5, 2, 2, 2)) if integer
+               else rng.uniform(-1, 1, (5, 2, 2, 2))).astype(np.float32)
+    upstream = (rng.integers(-2, 3, (5, 2, 2, 3)) if integer
+                else rng.uniform(-1, 1, (5, 2, 2, 3))).astype(np.float32)
+    results = []
+    for pool, kw, up in (
+            (tf_dcn.deform_psroi_pool, dict(output_dim=3, group_size=2), upstream),
+            (tf_dcn.deform_roi_pool, dict(), np.repeat(upstream, 4, axis=-1))):
+        f, o = tf.constant(features), tf.constant(offsets)
+        with tf.GradientTape() as tape:
+            tape.watch([f, o])
+            y = pool(f, tf.constant(rois.astype(np.float32)), o, pooled_size=2, sample_per_part=2,
+                     trans_std=1.0 / 16, spatial_scale=1.0, **kw)
+        results += [y.numpy()] + [g.numpy() for g in tape.gradient(y, [f, o], up)]
+    return results
+
+
+def _with_isa(monkeypatch, isa, fn, *args):
+    monkeypatch.setenv("TF_DCN_CPU_ISA", isa)
+    return fn(*args)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_forced_isa_matches_reference(isa, monkeypatch):
+    _require(isa)
+    outputs, (x, offsets, kernel, mask) = _with_isa(monkeypatch, isa, _conv_case, 0, False)
     expected = ref.deform_conv2d(x, offsets, kernel, mask, padding="same", groups=2,
                                  deformable_groups=2)
-    return y.numpy(), [g.numpy() for g in grads], expected
+    np.testing.assert_allclose(outputs[0], expected, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2"])
-def test_forced_isa_matches_reference(isa, monkeypatch):
-    if isa == "avx2" and not cpu_has_avx2():
-        pytest.skip("this CPU has no AVX2/FMA/F16C; the AVX2 build cannot run here")
-    monkeypatch.setenv("TF_DCN_CPU_ISA", isa)
-    y, _, expected = _run_case(0)
-    np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-5)
+@pytest.mark.parametrize("isa", WIDER_ISAS)
+@pytest.mark.parametrize("case", [_conv_case, _pool_case], ids=["conv", "pool"])
+def test_isa_is_bitwise_equal_to_baseline_on_integer_inputs(isa, case, monkeypatch):
+    _require(isa)
+    baseline = _with_isa(monkeypatch, "generic", case, 3, True)
+    wider = _with_isa(monkeypatch, isa, case, 3, True)
+    baseline = baseline[0] if case is _conv_case else baseline
+    wider = wider[0] if case is _conv_case else wider
+    assert len(baseline) == len(wider) >= 5
+    for i, (a, b) in enumerate(zip(wider, baseline)):
+        assert np.any(b != 0), f"output {i} is all zeros: the case exercises nothing"
+        assert a.tobytes() == b.tobytes(), (
+            f"output {i}: max |difference| {np.max(np.abs(a - b))}")
 
 
-def test_isas_agree_forward_and_backward(monkeypatch):
-    if not cpu_has_avx2():
-        pytest.skip("this CPU has no AVX2/FMA/F16C; only the baseline build runs here")
-    monkeypatch.setenv("TF_DCN_CPU_ISA", "generic")
-    y0, g0, _ = _run_case(1)
-    monkeypatch.setenv("TF_DCN_CPU_ISA", "avx2")
-    y1, g1, _ = _run_case(1)
-    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
-    for a, b in zip(g1, g0):
+@pytest.mark.parametrize("isa", WIDER_ISAS)
+@pytest.mark.parametrize("case", [_conv_case, _pool_case], ids=["conv", "pool"])
+def test_isa_agrees_with_baseline_on_random_inputs(isa, case, monkeypatch):
+    _require(isa)
+    baseline = _with_isa(monkeypatch, "generic", case, 1, False)
+    wider = _with_isa(monkeypatch, isa, case, 1, False)
+    baseline = baseline[0] if case is _conv_case else baseline
+    wider = wider[0] if case is _conv_case else wider
+    for a, b in zip(wider, baseline):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_isa_setting_is_an_error(monkeypatch):
     monkeypatch.setenv("TF_DCN_CPU_ISA", "avx512-please")
     with pytest.raises(tf.errors.InvalidArgumentError, match="TF_DCN_CPU_ISA"):
-        _run_case(2)
+        _conv_case(2, False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="TF_DCN_CPU_ISA"):
+        _pool_case(2, False)
 
 
-def test_no_avx_instruction_outside_the_avx2_build():
+@pytest.mark.parametrize("isa", WIDER_ISAS)
+def test_forcing_an_isa_this_cpu_lacks_is_an_error(isa, monkeypatch):
+    if cpu_supports(isa):
+        pytest.skip(f"this CPU supports {isa}")
+    monkeypatch.setenv("TF_DCN_CPU_ISA", isa)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="does not support"):
+        _conv_case(2, False)
+
+
+def test_no_instruction_of_a_wider_set_outside_its_build():
     tf_dcn.load_ops()
-    vex_in_avx2, leaked = avx_instructions_outside_avx2(_loader.loaded_library())
-    assert vex_in_avx2 > 0, "the AVX2 build is missing from the library"
-    assert not leaked, sorted(leaked)[:10]
+    counts, leaks = scan(_loader.loaded_library())
+    assert counts["avx2"] > 0, "the AVX2 build is missing from the library"
+    assert counts["avx512"] > 0, "the AVX-512 build is missing from the library"
+    assert not leaks["avx2"], ("VEX (AVX) code in baseline functions", sorted(leaks["avx2"])[:10])
+    assert not leaks["avx512"], ("EVEX (AVX-512) code outside the AVX-512 build",
+                                 sorted(leaks["avx512"])[:10])
 
 
-def test_avx2_object_is_linked_last():
-    """The baseline copy of any inline function both builds emit must win at link time, so the
-    AVX2 object must come after every other object (the Makefile links in OPS_SRCS order)."""
-    import subprocess
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    sources = subprocess.run(["make", "-s", "print-sources"], cwd=repo, capture_output=True,
+def test_wider_isa_objects_are_linked_last_narrowest_first():
+    """Where several objects emit the same inline function the first copy wins, so the baseline
+    objects must come first, then avx2, then avx512 (the Makefile links in OPS_SRCS order)."""
+    sources = subprocess.run(["make", "-s", "print-sources"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.split()
-    avx2 = [i for i, src in enumerate(sources) if src.endswith("_avx2.cc")]
-    assert avx2, sources
-    assert avx2 == list(range(len(sources) - len(avx2), len(sources))), sources
+    tail = [s for s in sources if s.endswith(("_avx2.cc", "_avx512.cc"))]
+    assert [s.rsplit("_", 1)[1] for s in tail] == ["avx2.cc", "avx512.cc"], tail
+    assert sources[-2:] == tail, sources

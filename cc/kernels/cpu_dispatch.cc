@@ -7,40 +7,73 @@
 namespace tf_dcn {
 namespace {
 
-bool CpuHasAvx2FmaF16c() {
+struct IsaName {
+  CpuIsa isa;
+  const char* name;
+};
+constexpr IsaName kIsaNames[] = {
+    {CpuIsa::kGeneric, "generic"}, {CpuIsa::kAvx2, "avx2"}, {CpuIsa::kAvx512, "avx512"}};
+
+// What the running CPU and OS support. libgcc's CPU model also checks, through XGETBV, that the OS
+// saves the AVX (ymm) and AVX-512 (zmm, opmask) register state.
+bool CpuSupports(CpuIsa isa) {
 #if defined(__x86_64__) || defined(__i386__)
-  // libgcc's CPU model also checks that the OS saves the AVX state (XGETBV).
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-#else
-  return false;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  switch (isa) {
+    case CpuIsa::kGeneric:
+      return true;
+    case CpuIsa::kAvx2:
+      return avx2;
+    case CpuIsa::kAvx512:
+      return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  }
 #endif
+  return isa == CpuIsa::kGeneric;
+}
+
+const char* Requirement(CpuIsa isa) {
+  return isa == CpuIsa::kAvx512 ? "AVX-512 F/BW/DQ/VL, AVX2, FMA and F16C" : "AVX2, FMA and F16C";
 }
 
 }  // namespace
 
 bool SelectCpuIsa(CpuIsa* isa, std::string* error) {
-  static const bool has_avx2 = CpuHasAvx2FmaF16c();
+  static const CpuIsa widest = CpuSupports(CpuIsa::kAvx512) ? CpuIsa::kAvx512
+                               : CpuSupports(CpuIsa::kAvx2) ? CpuIsa::kAvx2
+                                                            : CpuIsa::kGeneric;
   const char* forced = std::getenv("TF_DCN_CPU_ISA");
   if (forced == nullptr || forced[0] == '\0' || std::strcmp(forced, "auto") == 0) {
-    *isa = has_avx2 ? CpuIsa::kAvx2 : CpuIsa::kGeneric;
+    *isa = widest;
     return true;
   }
-  if (std::strcmp(forced, "generic") == 0) {
-    *isa = CpuIsa::kGeneric;
-    return true;
-  }
-  if (std::strcmp(forced, "avx2") == 0) {
-    if (!has_avx2) {
-      *error = "TF_DCN_CPU_ISA=avx2, but this CPU does not support AVX2, FMA and F16C";
+  for (const IsaName& entry : kIsaNames) {
+    if (std::strcmp(forced, entry.name) != 0) continue;
+    if (!CpuSupports(entry.isa)) {
+      *error = std::string("TF_DCN_CPU_ISA=") + entry.name + ", but this CPU does not support " +
+               Requirement(entry.isa);
       return false;
     }
-    *isa = CpuIsa::kAvx2;
+    *isa = entry.isa;
     return true;
   }
-  *error = std::string("TF_DCN_CPU_ISA must be auto, generic or avx2, got '") + forced + "'";
+  *error = std::string("TF_DCN_CPU_ISA must be auto, generic, avx2 or avx512, got '") + forced +
+           "'";
   return false;
+}
+
+const CpuKernels& CpuKernelsFor(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAvx512:
+      return avx512::kKernels;
+    case CpuIsa::kAvx2:
+      return avx2::kKernels;
+    case CpuIsa::kGeneric:
+      break;
+  }
+  return generic::kKernels;
 }
 
 }  // namespace tf_dcn

@@ -3,8 +3,6 @@
 // at run time.
 #define EIGEN_USE_THREADS
 
-#include <string>
-
 #include "cc/kernels/cpu_dispatch.h"
 #include "cc/kernels/deform_conv2d_functor.h"
 #include "cc/kernels/element_types.h"
@@ -12,28 +10,17 @@
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace tf_dcn {
-namespace {
-
 using CPUDevice = Eigen::ThreadPoolDevice;
-
-absl::Status ChooseIsa(CpuIsa* isa) {
-  std::string error;
-  if (!SelectCpuIsa(isa, &error)) return absl::InvalidArgumentError(error);
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 template <typename T>
 struct DeformConv2DForward<CPUDevice, T> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformConv2DDims& d,
                           const T* input, const T* offsets, const T* mask, const T* kernel,
                           const T* bias, T* output) {
-    CpuIsa isa;
-    TF_RETURN_IF_ERROR(ChooseIsa(&isa));
+    const CpuKernels* kernels;
+    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
     const DeformConv2DForwardArgs args{input, offsets, mask, kernel, bias, output};
-    auto run = isa == CpuIsa::kAvx2 ? avx2::DeformConv2DForward : generic::DeformConv2DForward;
-    run(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
+    kernels->conv_forward(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
     return absl::OkStatus();
   }
 };
@@ -44,13 +31,12 @@ struct DeformConv2DBackward<CPUDevice, T> {
                           const T* input, const T* offsets, const T* mask, const T* kernel,
                           const T* grad_output, T* grad_input, T* grad_offsets, T* grad_mask,
                           T* grad_kernel, T* grad_bias) {
-    CpuIsa isa;
-    TF_RETURN_IF_ERROR(ChooseIsa(&isa));
+    const CpuKernels* kernels;
+    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
     const DeformConv2DBackwardArgs args{input,       offsets,    mask,         kernel,
                                         grad_output, grad_input, grad_offsets, grad_mask,
                                         grad_kernel, grad_bias};
-    auto run = isa == CpuIsa::kAvx2 ? avx2::DeformConv2DBackward : generic::DeformConv2DBackward;
-    run(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
+    kernels->conv_backward(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
     return absl::OkStatus();
   }
 };

@@ -1,8 +1,9 @@
 // CPU specialisations of the pooling functors: they hand the op's thread pool and raw pointers
-// to the TF-free kernels of deform_psroi_pool_cpu_kernels.h.
+// to the TF-free kernels (deform_psroi_pool_cpu_kernels.h) of the instruction set chosen at run
+// time.
 #define EIGEN_USE_THREADS
 
-#include "cc/kernels/deform_psroi_pool_cpu_kernels.h"
+#include "cc/kernels/cpu_dispatch.h"
 #include "cc/kernels/deform_psroi_pool_functor.h"
 #include "cc/kernels/element_types.h"
 #include "cc/kernels/op_util.h"
@@ -16,7 +17,10 @@ template <typename T, typename TR>
 struct DeformPSRoIPoolForward<CPUDevice, T, TR> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
                           const T* features, const TR* rois, const T* offsets, T* output) {
-    pool_cpu::Forward<T, TR>(d, MakeCpuParallel(ctx), features, rois, offsets, output);
+    const CpuKernels* kernels;
+    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
+    const DeformPSRoIPoolForwardArgs args{features, rois, offsets, output};
+    kernels->pool_forward(ElementTypeOf<T>(), ElementTypeOf<TR>(), d, MakeCpuParallel(ctx), args);
     return absl::OkStatus();
   }
 };
@@ -26,8 +30,11 @@ struct DeformPSRoIPoolBackward<CPUDevice, T, TR> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
                           const T* features, const TR* rois, const T* offsets, const T* grad_output,
                           T* grad_features, T* grad_offsets) {
-    pool_cpu::Backward<T, TR>(d, MakeCpuParallel(ctx), features, rois, offsets, grad_output,
-                              grad_features, grad_offsets);
+    const CpuKernels* kernels;
+    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
+    const DeformPSRoIPoolBackwardArgs args{features, rois,         offsets,
+                                           grad_output, grad_features, grad_offsets};
+    kernels->pool_backward(ElementTypeOf<T>(), ElementTypeOf<TR>(), d, MakeCpuParallel(ctx), args);
     return absl::OkStatus();
   }
 };

@@ -23,20 +23,26 @@
 // sample positions, cheap next to the pooling), so the forward op has no hidden outputs.
 //
 // Temporary memory: N*H*W*C floats for half types in the backward pass; otherwise O(C) per thread.
-#ifndef TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_CPU_KERNELS_H_
-#define TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_CPU_KERNELS_H_
+//
+// Included once per instruction set by cpu_kernels_<isa>.cc (through cpu_kernels_isa.h), which
+// defines TF_DCN_CPU_ISA, the namespace of the entry points at the end of this file.
+#ifndef TF_DCN_CPU_ISA
+#error "define TF_DCN_CPU_ISA before including deform_psroi_pool_cpu_kernels.h"
+#endif
 
 #include <algorithm>
 #include <initializer_list>
 #include <type_traits>
 #include <vector>
 
+#include "Eigen/Core"
 #include "cc/kernels/cpu_dispatch.h"  // CpuParallel
 #include "cc/kernels/dcn_common.h"
 #include "cc/kernels/deform_psroi_pool_geometry.h"
 
 namespace tf_dcn {
-namespace pool_cpu {
+namespace TF_DCN_CPU_ISA {
+namespace {
 
 // One RoI: its validated batch index and its box geometry.
 template <typename A>
@@ -426,7 +432,41 @@ void Backward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T
   OffsetsGradient<T, TR>(d, parallel, features, rois, offsets, grad_output, grad_offsets);
 }
 
-}  // namespace pool_cpu
-}  // namespace tf_dcn
+// Calls fn(T(), TR()) with the element type and the RoI type (float or double) named.
+template <typename Fn>
+void WithPoolTypes(ElementType type, ElementType roi_type, Fn fn) {
+  WithElementType<Eigen::half, Eigen::bfloat16>(type, [&](auto t) {
+    if (roi_type == ElementType::kDouble) {
+      fn(t, double());
+    } else {
+      fn(t, float());
+    }
+  });
+}
 
-#endif  // TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_CPU_KERNELS_H_
+}  // namespace
+
+void DeformPSRoIPoolForward(ElementType type, ElementType roi_type, const DeformPSRoIPoolDims& d,
+                            const CpuParallel& parallel, const DeformPSRoIPoolForwardArgs& a) {
+  WithPoolTypes(type, roi_type, [&](auto t, auto tr) {
+    using T = decltype(t);
+    using TR = decltype(tr);
+    Forward<T, TR>(d, parallel, static_cast<const T*>(a.features), static_cast<const TR*>(a.rois),
+                   static_cast<const T*>(a.offsets), static_cast<T*>(a.output));
+  });
+}
+
+void DeformPSRoIPoolBackward(ElementType type, ElementType roi_type, const DeformPSRoIPoolDims& d,
+                             const CpuParallel& parallel, const DeformPSRoIPoolBackwardArgs& a) {
+  WithPoolTypes(type, roi_type, [&](auto t, auto tr) {
+    using T = decltype(t);
+    using TR = decltype(tr);
+    Backward<T, TR>(d, parallel, static_cast<const T*>(a.features),
+                    static_cast<const TR*>(a.rois), static_cast<const T*>(a.offsets),
+                    static_cast<const T*>(a.grad_output), static_cast<T*>(a.grad_features),
+                    static_cast<T*>(a.grad_offsets));
+  });
+}
+
+}  // namespace TF_DCN_CPU_ISA
+}  // namespace tf_dcn

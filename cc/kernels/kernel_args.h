@@ -51,6 +51,23 @@ struct DeformConv2DBackwardArgs {
   void* grad_bias;  // nullptr without a bias
 };
 
+// Deformable (PS-)RoI pooling, NHWC (docs/semantics.md section 2), for the CPU kernels.
+struct DeformPSRoIPoolForwardArgs {
+  const void* features;  // [N, H, W, C]
+  const void* rois;      // [R, 5]: batch index, x1, y1, x2, y2 (in the RoI element type)
+  const void* offsets;   // [R, part, part, 2*num_classes]; nullptr without offsets
+  void* output;          // [R, pooled, pooled, output_dim]
+};
+
+struct DeformPSRoIPoolBackwardArgs {
+  const void* features;
+  const void* rois;
+  const void* offsets;
+  const void* grad_output;
+  void* grad_features;
+  void* grad_offsets;  // nullptr without offsets
+};
+
 }  // namespace tf_dcn
 
 #endif  // TF_DCN_CC_KERNELS_KERNEL_ARGS_H_

@@ -3,6 +3,7 @@
 #define TF_DCN_CC_KERNELS_OP_UTIL_H_
 
 #include <functional>
+#include <string>
 
 #include "cc/kernels/cpu_dispatch.h"
 #include "cc/kernels/kernel_args.h"
@@ -35,6 +36,16 @@ constexpr ElementType ElementTypeOf<float>() {
 template <>
 constexpr ElementType ElementTypeOf<double>() {
   return ElementType::kDouble;
+}
+
+// The CPU kernels of the instruction set SelectCpuIsa picks (TF_DCN_CPU_ISA or the widest the
+// CPU supports); a bad TF_DCN_CPU_ISA setting is an InvalidArgument error of the op.
+inline absl::Status ChooseCpuKernels(const CpuKernels** kernels) {
+  CpuIsa isa;
+  std::string error;
+  if (!SelectCpuIsa(&isa, &error)) return absl::InvalidArgumentError(error);
+  *kernels = &CpuKernelsFor(isa);
+  return absl::OkStatus();
 }
 
 // The op's intra-op thread pool, for the TF-free CPU kernels.
