@@ -107,17 +107,24 @@ TF_DCN_HD ConvSample<A> MakeConvSample(A py, A px, int64_t height, int64_t width
   return s;
 }
 
-// Where kernel tap k = i*kernel_w + j of output pixel (ho, wo) samples the input: its regular grid
-// position (ho*stride_h - pad_top + i*dilation_h, wo*stride_w - pad_left + j*dilation_w) moved by
-// the tap's offsets, tap_offsets[0] = dy and tap_offsets[1] = dx. The CPU kernels and the GPU
-// launchers both sample through this function.
+// Where kernel tap (i, j) of output pixel (ho, wo) samples the input: its regular grid position
+// (ho*stride_h - pad_top + i*dilation_h, wo*stride_w - pad_left + j*dilation_w) moved by the
+// tap's offsets, tap_offsets[0] = dy and tap_offsets[1] = dx. The CPU kernels and the GPU
+// launchers all sample through this function.
 template <typename A, typename T>
-TF_DCN_HD ConvSample<A> SampleConvTap(const DeformConv2DDims& d, int64_t ho, int64_t wo, int64_t k,
-                                      const T* tap_offsets) {
-  const int64_t i = k / d.kernel_w, j = k - (k / d.kernel_w) * d.kernel_w;
+TF_DCN_HD ConvSample<A> SampleConvTapAt(const DeformConv2DDims& d, int64_t ho, int64_t wo,
+                                        int64_t i, int64_t j, const T* tap_offsets) {
   const A y = A(ho * d.stride_h - d.pad_top + i * d.dilation_h) + A(tap_offsets[0]);
   const A x = A(wo * d.stride_w - d.pad_left + j * d.dilation_w) + A(tap_offsets[1]);
   return MakeConvSample<A>(y, x, d.in_h, d.in_w);
+}
+
+// The same for tap k = i*kernel_w + j.
+template <typename A, typename T>
+TF_DCN_HD ConvSample<A> SampleConvTap(const DeformConv2DDims& d, int64_t ho, int64_t wo, int64_t k,
+                                      const T* tap_offsets) {
+  const int64_t i = k / d.kernel_w;
+  return SampleConvTapAt<A, T>(d, ho, wo, i, k - i * d.kernel_w, tap_offsets);
 }
 
 // The column buffer of a block of `pixels` output pixels (a CPU tile or a GPU chunk) is

@@ -1,33 +1,48 @@
 // CPU kernels of the deformable convolution, free of TensorFlow headers. This file is included
-// by one translation unit per instruction set (deform_conv2d_cpu_generic.cc,
-// deform_conv2d_cpu_avx2.cc), each defining TF_DCN_CPU_ISA, the namespace of its entry points.
+// by one translation unit per instruction set (cpu_kernels_<isa>.cc through cpu_kernels_isa.h),
+// each defining TF_DCN_CPU_ISA, the namespace of its entry points.
 //
-// Both passes work on tiles of output pixels. For each tile the bilinear samples are gathered into
-// a column buffer col[group][pixel][tap][channel] (channels contiguous, as NHWC makes them), which
-// then meets the kernel in one Eigen matrix product per convolution group. Tiles are distributed
-// over TensorFlow's intra-op thread pool; each tile owns its output rows, so the forward pass has
-// no shared writes.
+// The bilinear samples of a block of output pixels are gathered into a column buffer
+// col[group][pixel][tap][channel] (channels contiguous, as NHWC makes them), which then meets the
+// kernel in matrix products. Work is spread over TensorFlow's intra-op pool in at most one unit
+// per thread (ParallelShares); every output element has exactly one writer, no atomics are used,
+// and the results are bitwise reproducible for a given thread count and instruction set.
 //
-// The backward pass partitions output pixels into blocks fixed by (batch size, thread count). A
-// block owns a private float accumulator for the input gradient and for the kernel gradient; they
-// are summed in block order at the end, so the results are bitwise reproducible for a given thread
-// count and instruction set, and no atomics are used.
+// Forward, chunk by chunk (about 8-16 MiB of columns, PlanChunks): GatherTiles, then
+// output = bias + col * kernel in row/column blocks (ForEachProductBlock, cpu_parallel_product.h).
 //
-// Temporary memory (float32, float64 for double):
-//   forward:  threads * tile * K*C            (column tile) + Cout*tile for half types
-//   backward: B * (H*W*C + K*C/groups*Cout) + threads * 2 * tile * K*C, with B <= 2 * threads,
-// independent of the batch size. The tile is chosen so that one column tile is about 1 MiB.
+// Backward (BackwardPass), in one of two modes chosen from the sizes (Prepare):
+//   image mode   when the units' private buffers fit the workspace limit (32 MiB): units own
+//                whole images (or, with fewer images than units, pixel ranges of an image with a
+//                private float image each, summed in range order) and run them tile by tile in
+//                their cache: RunTile (columns, dcol = grad_output * kernel^T, the unit's
+//                kernel-gradient partial, sample gradients) then ScatterRange into the image;
+//   chunk mode   otherwise (large images with few of them, many threads): chunk by chunk,
+//                TilePipeline (RunTile per tile, into chunk-sized buffers), the kernel gradient
+//                (unit partials, or ChunkKernelGradient: blocks of col^T * grad_output), and
+//                ScatterInputGradient, whose units own ranges of input pixels (cut where the
+//                corner hits balance) and add the corners that fall in them.
+// Either way each input-gradient element receives its terms in pixel, tap, corner order.
+//
+// Temporary memory: at most about the workspace limit (TF_DCN_CPU_WORKSPACE_BYTES overrides it):
+// chunk buffers (columns, their gradient and the sample corners), unit tiles and partials. It
+// does not grow with the batch, the image size or the thread count: float32/float64 accumulate
+// the input gradient in place. Half types add float32 copies of the kernel gradient and of the
+// input gradient of the images being worked on (one per unit, or those one chunk touches).
 #ifndef TF_DCN_CPU_ISA
 #error "define TF_DCN_CPU_ISA before including deform_conv2d_cpu_kernels.h"
 #endif
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "Eigen/Core"
 #include "cc/kernels/cpu_dispatch.h"
+#include "cc/kernels/cpu_parallel_product.h"
 #include "cc/kernels/dcn_common.h"
 #include "cc/kernels/deform_conv2d_geometry.h"
 
@@ -35,19 +50,28 @@ namespace tf_dcn {
 namespace TF_DCN_CPU_ISA {
 namespace {
 
-template <typename A>
-using RowMatrix = Eigen::Matrix<A, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename A>
-using MatrixMap = Eigen::Map<RowMatrix<A>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <typename A>
-using ConstMatrixMap = Eigen::Map<const RowMatrix<A>, Eigen::Unaligned, Eigen::OuterStride<>>;
+// Pixels per chunk and per gather/sample tile (the work unit of those steps).
+struct ChunkPlan {
+  int64_t tile;   // output pixels per tile
+  int64_t chunk;  // output pixels per chunk, a multiple of tile
+};
 
-constexpr int64_t kColumnTileBytes = 1 << 20;
+// The temporary memory the kernels may use (bytes): 32 MiB, or TF_DCN_CPU_WORKSPACE_BYTES (at
+// least 64 KiB), which the tests set low to run many chunks on small inputs.
+inline int64_t WorkspaceLimit() {
+  const char* setting = std::getenv("TF_DCN_CPU_WORKSPACE_BYTES");
+  const long long bytes = setting ? std::atoll(setting) : 0;
+  return bytes > 0 ? std::max<int64_t>(bytes, 64 << 10) : int64_t(32) << 20;
+}
 
-// Number of output pixels per tile: about kColumnTileBytes of column buffer, at least 8 pixels.
-int64_t PixelsPerTile(const DeformConv2DDims& d, int64_t elem_bytes) {
-  const int64_t per_pixel = std::max<int64_t>(1, d.taps() * d.in_c * elem_bytes);
-  return std::clamp<int64_t>(kColumnTileBytes / per_pixel, 8, 1024);
+// bytes_per_pixel: what one output pixel of a chunk takes in the pass's buffers.
+inline ChunkPlan PlanChunks(int64_t bytes_per_pixel, int threads) {
+  const int64_t budget = std::min<int64_t>(
+      WorkspaceLimit() / 2, std::clamp<int64_t>(int64_t(threads) * (4 << 20), 8 << 20, 16 << 20));
+  const int64_t chunk = std::max<int64_t>(4, budget / std::max<int64_t>(1, bytes_per_pixel));
+  // About eight tiles per thread and chunk, for the balance of the gather and sample steps.
+  const int64_t tile = std::clamp<int64_t>(chunk / (8 * int64_t(std::max(1, threads))), 4, 256);
+  return {tile, std::max(tile, chunk / tile * tile)};
 }
 
 // Location of one output pixel.
@@ -68,6 +92,10 @@ inline PixelIndex Locate(const DeformConv2DDims& d, int64_t p) {
 // one convolution group each (a deformable group may span several convolution groups).
 template <typename Fn>
 inline void ForEachGroupSegment(const DeformConv2DDims& d, int64_t begin, int64_t end, Fn fn) {
+  if (d.groups == 1) {
+    fn(int64_t(0), begin, end);
+    return;
+  }
   const int64_t cg = d.in_c_per_group();
   while (begin < end) {
     const int64_t grp = begin / cg;
@@ -77,12 +105,29 @@ inline void ForEachGroupSegment(const DeformConv2DDims& d, int64_t begin, int64_
   }
 }
 
-// Gathers the (masked) bilinear samples of `count` output pixels starting at global pixel p0.
-// `zeros` holds C zeros of type T: outside corners read from it, so the channel loop is branch
-// free.
+// Calls fn(gk, g, k, sample) for the samples of output pixel (ho, wo) in order gk = g*taps + k,
+// k = i*kernel_w + j (no division per sample).
+template <typename A, typename T, typename Fn>
+inline void ForEachPixelSample(const DeformConv2DDims& d, const PixelIndex& px, const T* off,
+                               Fn fn) {
+  int64_t gk = 0;
+  for (int64_t g = 0; g < d.deformable_groups; ++g) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < d.kernel_h; ++i) {
+      for (int64_t j = 0; j < d.kernel_w; ++j, ++k, ++gk) {
+        fn(gk, g, k, SampleConvTapAt<A>(d, px.ho, px.wo, i, j, off + 2 * gk));
+      }
+    }
+  }
+}
+
+// Gathers the (masked) bilinear samples of `count` output pixels starting at global pixel p0
+// into rows row0.. of a column buffer of col_pixels rows per group. `zeros` holds C zeros of
+// type T: outside corners read from it, so the channel loop is branch free.
 template <typename T, typename A>
 void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, const T* mask,
-                   const T* zeros, int64_t p0, int64_t count, A* col) {
+                   const T* zeros, int64_t p0, int64_t count, A* col, int64_t col_pixels,
+                   int64_t row0) {
   const int64_t K = d.taps(), DG = d.deformable_groups, Cdg = d.in_c_per_dgroup(), C = d.in_c;
   for (int64_t pp = 0; pp < count; ++pp) {
     const int64_t p = p0 + pp;
@@ -90,9 +135,8 @@ void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, 
     const T* image = input + px.n * d.in_h * d.in_w * C;
     const T* off = offsets + p * 2 * DG * K;
     const T* msk = mask ? mask + p * DG * K : nullptr;
-    for (int64_t gk = 0; gk < DG * K; ++gk) {
-      const int64_t g = gk / K, k = gk - g * K;
-      const ConvSample<A> s = SampleConvTap<A>(d, px.ho, px.wo, k, off + 2 * gk);
+    ForEachPixelSample<A>(d, px, off, [&](int64_t gk, int64_t g, int64_t k,
+                                          const ConvSample<A>& s) {
       const A m = msk ? A(msk[gk]) : A(1);
       const T* src[4];
       A w[4];
@@ -101,7 +145,7 @@ void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, 
         w[q] = m * s.weight[q];
       }
       ForEachGroupSegment(d, g * Cdg, (g + 1) * Cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
-        A* dst = col + ColumnIndex(count, K, d.in_c_per_group(), grp, pp, k, c0);
+        A* dst = col + ColumnIndex(col_pixels, K, d.in_c_per_group(), grp, row0 + pp, k, c0);
         if (s.kind == kSampleInside) {
           for (int64_t c = c0; c < c1; ++c) {
             dst[c - c0] = w[0] * A(src[0][c]) + w[1] * A(src[1][c]) + w[2] * A(src[2][c]) +
@@ -111,9 +155,10 @@ void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, 
           std::fill(dst, dst + (c1 - c0), s.kind == kSampleNaN ? QuietNaN<A>() : A(0));
         }
       });
-    }
+    });
   }
 }
+
 
 // Kernel as a [K*C/groups, Cout] row-major matrix in the accumulation type.
 template <typename T, typename A>
@@ -128,6 +173,23 @@ const A* KernelInAccType(const DeformConv2DDims& d, const T* kernel, std::vector
   }
 }
 
+// The columns of chunk pixels [p0, p0 + count) into col (count rows per group), one tile per
+// work unit; fn(first, n), if given, runs on each tile's pixels too (chunk-relative).
+template <typename T, typename A, typename Fn>
+void GatherTiles(const DeformConv2DDims& d, const CpuParallel& parallel, const ChunkPlan& plan,
+                 const T* input, const T* offsets, const T* mask, const T* zeros, int64_t p0,
+                 int64_t count, A* col, Fn fn) {
+  const int64_t tiles = (count + plan.tile - 1) / plan.tile;
+  const int64_t cost = plan.tile * d.deformable_groups * d.taps() * (40 + 8 * d.in_c_per_dgroup());
+  ParallelShares(parallel, tiles, cost, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t first = t * plan.tile, n = std::min(plan.tile, count - first);
+      GatherColumns<T, A>(d, input, offsets, mask, zeros, p0 + first, n, col, count, first);
+      fn(first, n);
+    }
+  });
+}
+
 template <typename T>
 void Forward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* input,
              const T* offsets, const T* mask, const T* kernel, const T* bias, T* output) {
@@ -136,56 +198,84 @@ void Forward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* in
   if (total == 0 || d.out_c == 0) return;
   const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
   const int64_t Cout = d.out_c, KCg = K * Cg;
-  const int64_t tile = PixelsPerTile(d, sizeof(A));
-  const int64_t num_tiles = (total + tile - 1) / tile;
+  const ChunkPlan plan = PlanChunks(K * d.in_c * int64_t(sizeof(A)), parallel.num_threads);
 
   std::vector<A> kernel_storage;
   const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
   const std::vector<T> zeros(d.in_c, T(0));
+  std::vector<A> col(std::min(plan.chunk, total) * K * d.in_c);
 
-  const int64_t cost = tile * (K * d.in_c * 12 + 2 * KCg * Cout);
-  parallel.parallel_for(num_tiles, cost, [&](int64_t first, int64_t last) {
-    std::vector<A> col(d.groups * tile * KCg);
-    std::vector<A> out_tile(std::is_same_v<T, A> ? 0 : tile * Cout);
-    for (int64_t t = first; t < last; ++t) {
-      const int64_t p0 = t * tile, count = std::min(tile, total - p0);
-      GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, count, col.data());
+  for (int64_t p0 = 0; p0 < total; p0 += plan.chunk) {
+    const int64_t count = std::min(plan.chunk, total - p0);
+    GatherTiles<T, A>(d, parallel, plan, input, offsets, mask, zeros.data(), p0, count,
+                      col.data(), [](int64_t, int64_t) {});
+    // Output rows [r0, r1) of the chunk, channels [c0, c1) of group grp.
+    ForEachProductBlock(parallel, d.groups, count, Coutg, KCg, [&](int64_t grp, int64_t r0,
+                                                                 int64_t r1, int64_t c0,
+                                                                 int64_t c1) {
+      const int64_t rows = r1 - r0, cols = c1 - c0, o0 = grp * Coutg + c0;
+      ConstMatrixMap<A> lhs(col.data() + ColumnIndex(count, K, Cg, grp, r0, 0, grp * Cg), rows,
+                            KCg, Eigen::OuterStride<>(KCg));
+      ConstMatrixMap<A> rhs(W + o0, KCg, cols, Eigen::OuterStride<>(Cout));
+      std::vector<A> storage(std::is_same_v<T, A> ? 0 : rows * cols);
       A* out;
+      int64_t stride;
       if constexpr (std::is_same_v<T, A>) {
-        out = output + p0 * Cout;
+        out = output + (p0 + r0) * Cout + o0;
+        stride = Cout;
       } else {
-        out = out_tile.data();
+        out = storage.data();
+        stride = cols;
       }
-      for (int64_t pp = 0; pp < count; ++pp) {
-        for (int64_t o = 0; o < Cout; ++o) out[pp * Cout + o] = bias ? A(bias[o]) : A(0);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) out[r * stride + c] = bias ? A(bias[o0 + c]) : A(0);
       }
-      for (int64_t grp = 0; grp < d.groups; ++grp) {
-        ConstMatrixMap<A> cols(col.data() + grp * count * KCg, count, KCg,
-                               Eigen::OuterStride<>(KCg));
-        ConstMatrixMap<A> weights(W + grp * Coutg, KCg, Coutg, Eigen::OuterStride<>(Cout));
-        MatrixMap<A> result(out + grp * Coutg, count, Coutg, Eigen::OuterStride<>(Cout));
-        result.noalias() += cols * weights;
-      }
+      MatrixMap<A> result(out, rows, cols, Eigen::OuterStride<>(stride));
+      result.noalias() += lhs * rhs;
       if constexpr (!std::is_same_v<T, A>) {
-        T* dst = output + p0 * Cout;
-        for (int64_t e = 0; e < count * Cout; ++e) dst[e] = T(out_tile[e]);
+        for (int64_t r = 0; r < rows; ++r) {
+          T* dst = output + (p0 + r0 + r) * Cout + o0;
+          for (int64_t c = 0; c < cols; ++c) dst[c] = T(out[r * cols + c]);
+        }
       }
-    }
-  });
+    });
+  }
 }
 
-// The backward pass, step by step (the file comment describes the partition and its memory):
-//   BiasGradient    ordered sum of grad_output over all pixels, per output channel;
-//   PlanBlocks      how the output pixels are split into blocks with private partial sums;
-//   RunBlock        one block: its pixels tile by tile, each through TileGemms and ScatterTile;
-//   TileGemms       dcol = grad_out * kernel^T and d kernel += col^T * grad_out, per group;
-//   ScatterTile     every sample of the tile: ScatterSample sends its column gradient to the
-//                   input gradient and forms its offset and mask gradients;
-//   ReducePartials  the blocks' partial input and kernel gradients, summed in block order.
+// Where one sample's four corners send its column gradient: pixel indices of the corners in
+// their image (-1 for a corner outside the image or a sample that passes no gradient) and their
+// weights mask * bilinear weight.
+template <typename A>
+struct TapCorners {
+  int64_t pixel[4];
+  A weight[4];
+};
+
+// Buffers of a block of output pixels (a chunk, or one work unit's tile), uninitialised: every
+// element is written before it is read.
+template <typename A>
+struct BackwardWorkspace {
+  std::unique_ptr<A[]> col, dcol, gout;  // gout: half types only
+  std::unique_ptr<TapCorners<A>[]> corners;
+  void Allocate(int64_t pixels, int64_t col_row, int64_t samples_per_pixel, int64_t gout_row) {
+    col.reset(new A[pixels * col_row]);
+    dcol.reset(new A[pixels * col_row]);
+    corners.reset(new TapCorners<A>[pixels * samples_per_pixel]);
+    if (gout_row > 0) gout.reset(new A[pixels * gout_row]);
+  }
+};
+
+// A range of input pixels [begin, end) of one image: what one scatter work unit owns.
+struct PixelRange {
+  int64_t image, begin, end;
+};
+
+// The backward pass, step by step (the file comment describes the chunks and their memory).
 template <typename T>
 class BackwardPass {
  public:
   using A = typename AccumulatorType<T>::type;
+  using Workspace = BackwardWorkspace<A>;
 
   BackwardPass(const DeformConv2DDims& d, const CpuParallel& parallel, const T* input,
                const T* offsets, const T* mask, const T* kernel, const T* grad_output,
@@ -202,15 +292,18 @@ class BackwardPass {
         grad_mask_(grad_mask),
         grad_kernel_(grad_kernel),
         grad_bias_(grad_bias),
+        image_pixels_(d.in_h * d.in_w),
         image_size_(d.in_h * d.in_w * d.in_c),
         taps_(d.taps()),
+        samples_per_pixel_(d.deformable_groups * d.taps()),
         in_c_per_group_(d.in_c_per_group()),
         in_c_per_dgroup_(d.in_c_per_dgroup()),
         out_c_per_group_(d.out_c_per_group()),
         kernel_rows_(d.taps() * d.in_c_per_group()),
         kernel_size_(d.taps() * d.in_c_per_group() * d.out_c),
         pixels_per_image_(d.out_h * d.out_w),
-        out_pixels_(d.batch * d.out_h * d.out_w) {}
+        out_pixels_(d.batch * d.out_h * d.out_w),
+        units_(std::max(1, parallel.num_threads)) {}
 
   void Run() {
     if (grad_bias_) BiasGradient();
@@ -219,30 +312,25 @@ class BackwardPass {
       std::fill(grad_kernel_, grad_kernel_ + kernel_size_, T(0));
       return;
     }
-    PlanBlocks();
-    kernel_acc_ = KernelInAccType<T, A>(d_, kernel_, &kernel_storage_);
-    zeros_.assign(d_.in_c, T(0));
-    input_partials_.resize(blocks_ * image_size_);
-    kernel_partials_.resize(blocks_ * kernel_size_);
-    const int64_t block_cost =
-        (out_pixels_ / blocks_ + 1) * (taps_ * d_.in_c * 30 + 4 * kernel_rows_ * d_.out_c);
-    parallel_.parallel_for(blocks_, block_cost, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) RunBlock(b);
-    });
-    ReducePartials();
+    Prepare();
+    if (image_mode_) {
+      RunImages();
+    } else {
+      for (int64_t p0 = 0; p0 < out_pixels_; p0 += plan_.chunk) {
+        const int64_t count = std::min(plan_.chunk, out_pixels_ - p0);
+        TilePipeline(p0, count);
+        if (!kernel_partials_per_unit_) ChunkKernelGradient(p0, count);  // else in RunTile
+        ScatterInputGradient(p0, count);
+      }
+    }
+    FinishKernelGradient();
   }
 
  private:
-  // Per-block working memory: one tile of columns and column gradients, grad_output of the tile
-  // in the accumulation type (half types only) and a sink for outside corners (weight 0).
-  struct Scratch {
-    std::vector<A> col, dcol, gout_tile, sink;
-  };
-
   // Bias gradient: a plain ordered sum over pixels, parallel over output channels.
   void BiasGradient() {
     const int64_t cout = d_.out_c;
-    parallel_.parallel_for(cout, out_pixels_ * 2, [&](int64_t o0, int64_t o1) {
+    ParallelShares(parallel_, cout, out_pixels_ * 2, [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) {
         A sum = 0;
         for (int64_t p = 0; p < out_pixels_; ++p) sum += A(grad_output_[p * cout + o]);
@@ -251,114 +339,245 @@ class BackwardPass {
     });
   }
 
-  // With at least as many images as threads, a block takes whole images (splits = 1);
-  // otherwise each image is split into `splits` pixel ranges whose input-gradient partials are
-  // summed afterwards in a fixed order.
-  void PlanBlocks() {
-    const int64_t threads = std::max(1, parallel_.num_threads);
-    tile_ = PixelsPerTile(d_, sizeof(A));
-    splits_ = 1;
-    if (d_.batch < threads) {
-      const int64_t tiles_per_image = (pixels_per_image_ + tile_ - 1) / tile_;
-      splits_ = std::clamp<int64_t>((threads + d_.batch - 1) / d_.batch, 1,
-                                    std::max<int64_t>(1, tiles_per_image));
+  // The mode, the chunk plan and the buffers; zeroes what is accumulated in place.
+  //
+  // Image mode, when there are at least as many images as work units (one per thread) and the
+  // units' private buffers fit the workspace limit: each unit owns whole images and runs them tile
+  // by tile (columns, products, sample gradients, scatter) in its cache, straight into the input
+  // gradient; its kernel gradient goes to a private partial. Otherwise chunk mode (the file
+  // comment); there the kernel gradient goes to one partial per unit when those fit in half
+  // the limit, else to a product over each chunk's columns. Partials are summed in unit order.
+  void Prepare() {
+    constexpr bool kHalf = !std::is_same_v<T, A>;
+    const int64_t workspace = WorkspaceLimit();
+    const int64_t col_row = taps_ * d_.in_c, gout_row = kHalf ? d_.out_c : 0;
+    const int64_t bytes_per_pixel = int64_t(sizeof(A)) * (2 * col_row + gout_row) +
+                                    samples_per_pixel_ * int64_t(sizeof(TapCorners<A>));
+    plan_ = PlanChunks(bytes_per_pixel, parallel_.num_threads);
+    // Pipeline tiles: one column tile (about 1 MiB) stays in the core's cache through the tile's
+    // gather, products and sample gradients.
+    tile_ = std::clamp<int64_t>((1 << 20) / std::max<int64_t>(1, col_row * int64_t(sizeof(A))), 4,
+                                std::max<int64_t>(4, plan_.chunk / units_));
+    const int64_t partial_bytes = kernel_size_ * int64_t(sizeof(A));
+    const int64_t unit_bytes = partial_bytes + tile_ * bytes_per_pixel;
+    // Image mode splits each image into `splits_` pixel ranges when there are fewer images than
+    // units; each range then accumulates into a private float image, summed afterwards.
+    const int64_t tiles_per_image = (pixels_per_image_ + tile_ - 1) / tile_;
+    splits_ = d_.batch >= units_ ? 1
+                                 : std::min((units_ + d_.batch - 1) / d_.batch, tiles_per_image);
+    const int64_t private_images = splits_ > 1 ? d_.batch * splits_ : (kHalf ? units_ : 0);
+    image_mode_ = units_ * unit_bytes + private_images * image_size_ * int64_t(sizeof(A)) <=
+                  workspace;
+    kernel_partials_per_unit_ =
+        units_ > 1 && (image_mode_ || units_ * partial_bytes <= workspace / 2);
+    zeros_.assign(d_.in_c, T(0));
+    kernel_acc_ = KernelInAccType<T, A>(d_, kernel_, &kernel_storage_);
+    kernel_grad_.assign(kernel_partials_per_unit_ ? units_ * kernel_size_ : (kHalf ? kernel_size_ : 0),
+                        A(0));
+    if (!kernel_partials_per_unit_ && !kHalf) {
+      std::fill(grad_kernel_, grad_kernel_ + kernel_size_, T(0));
     }
-    blocks_ = splits_ == 1 ? std::min(d_.batch, threads) : d_.batch * splits_;
-  }
-
-  // Block b: whole images written straight to grad_input (splits = 1), or one pixel range of an
-  // image into the block's partial input gradient; its kernel gradient goes to its partial.
-  void RunBlock(int64_t b) {
-    A* din = input_partials_.data() + b * image_size_;
-    A* dker = kernel_partials_.data() + b * kernel_size_;
-    std::fill(dker, dker + kernel_size_, A(0));
-    Scratch scratch;
-    scratch.col.resize(d_.groups * tile_ * kernel_rows_);
-    scratch.dcol.resize(d_.groups * tile_ * kernel_rows_);
-    scratch.gout_tile.resize(std::is_same_v<T, A> ? 0 : tile_ * d_.out_c);
-    scratch.sink.resize(d_.in_c);
-    if (splits_ == 1) {
-      const int64_t n0 = d_.batch * b / blocks_, n1 = d_.batch * (b + 1) / blocks_;
-      for (int64_t n = n0; n < n1; ++n) {
-        std::fill(din, din + image_size_, A(0));
-        ProcessPixels(n * pixels_per_image_, (n + 1) * pixels_per_image_, din, dker, &scratch);
-        T* dst = grad_input_ + n * image_size_;
-        for (int64_t e = 0; e < image_size_; ++e) dst[e] = T(din[e]);
-      }
+    if (image_mode_) {
+      unit_ws_.resize(units_);
+      for (Workspace& ws : unit_ws_) ws.Allocate(tile_, col_row, samples_per_pixel_, gout_row);
+      // Private float images: one per pixel range when images are split, otherwise one per unit
+      // for half types (slot = unit).
+      slots_ = std::max<int64_t>(1, private_images);
     } else {
-      const int64_t n = b / splits_, s = b - n * splits_;
-      std::fill(din, din + image_size_, A(0));
-      ProcessPixels(n * pixels_per_image_ + pixels_per_image_ * s / splits_,
-                    n * pixels_per_image_ + pixels_per_image_ * (s + 1) / splits_, din, dker,
-                    &scratch);
+      const int64_t chunk = std::min(plan_.chunk, out_pixels_);
+      chunk_ws_.Allocate(chunk, col_row, samples_per_pixel_, gout_row);
+      // Half types: the images one chunk can touch; image n accumulates in slot n % slots_.
+      slots_ = std::min(d_.batch, (chunk + pixels_per_image_ - 2) / pixels_per_image_ + 1);
+    }
+    if (kHalf || (image_mode_ && splits_ > 1)) {
+      input_acc_.assign(slots_ * image_size_, A(0));
+    } else {
+      ParallelShares(parallel_, d_.batch * image_pixels_, d_.in_c, [&](int64_t e0, int64_t e1) {
+        std::fill(grad_input_ + e0 * d_.in_c, grad_input_ + e1 * d_.in_c, T(0));
+      });
     }
   }
 
-  // Output pixels [p_begin, p_end), all in one image, into din (that image's input gradient)
-  // and dker, one tile at a time.
-  void ProcessPixels(int64_t p_begin, int64_t p_end, A* din, A* dker, Scratch* scratch) {
-    for (int64_t p0 = p_begin; p0 < p_end; p0 += tile_) {
-      const int64_t count = std::min(tile_, p_end - p0);
-      GatherColumns<T, A>(d_, input_, offsets_, mask_, zeros_.data(), p0, count,
-                          scratch->col.data());
-      TileGemms(p0, count, dker, scratch);
-      ScatterTile(p0, count, din, scratch);
+  // Image mode: the work items are (image, pixel range) pairs, splits_ per image; unit u runs
+  // items [items*u/units, items*(u+1)/units), tile by tile.
+  void RunImages() {
+    const int64_t items = d_.batch * splits_;
+    const int64_t cost = pixels_per_image_ / splits_ * samples_per_pixel_ *
+                         (60 + 16 * in_c_per_dgroup_ + 4 * d_.out_c * (in_c_per_group_ + 1));
+    parallel_.parallel_for(units_, cost * (items / units_ + 1), [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        Workspace& ws = unit_ws_[u];
+        for (int64_t item = items * u / units_; item < items * (u + 1) / units_; ++item) {
+          const int64_t n = item / splits_, part = item - n * splits_;
+          A* acc;
+          if (splits_ > 1) {
+            acc = input_acc_.data() + item * image_size_;
+          } else if constexpr (std::is_same_v<T, A>) {
+            acc = grad_input_ + n * image_size_;
+          } else {
+            acc = input_acc_.data() + u * image_size_;
+          }
+          const PixelRange image{n, 0, image_pixels_};
+          const int64_t first = n * pixels_per_image_ + pixels_per_image_ * part / splits_;
+          const int64_t end = n * pixels_per_image_ + pixels_per_image_ * (part + 1) / splits_;
+          for (int64_t p0 = first; p0 < end; p0 += tile_) {
+            const int64_t count = std::min(tile_, end - p0);
+            RunTile(ws, p0, count, 0, count, u);
+            ScatterRange(ws, p0, count, image, acc, splits_ == 1);
+          }
+        }
+      }
+    });
+    if (splits_ == 1) return;
+    // The pixel ranges' private images, summed in range order.
+    const int64_t splits = splits_, image_size = image_size_;
+    ParallelShares(parallel_, d_.batch * image_size, splits * 2, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) {
+        const int64_t n = e / image_size, r = e - n * image_size;
+        A sum = 0;
+        for (int64_t s = 0; s < splits; ++s) sum += input_acc_[(n * splits + s) * image_size + r];
+        grad_input_[e] = T(sum);
+      }
+    });
+  }
+
+  // Where image n's input gradient accumulates.
+  A* InputAccumulator(int64_t n) {
+    if constexpr (std::is_same_v<T, A>) {
+      return grad_input_ + n * image_size_;
+    } else {
+      return input_acc_.data() + (n % slots_) * image_size_;
     }
   }
 
-  // dcol = grad_out * kernel^T (the column gradient) and dker += col^T * grad_out, per group.
-  void TileGemms(int64_t p0, int64_t count, A* dker, Scratch* scratch) {
+  // The kernel gradient of work unit u (a partial) or the one shared accumulator.
+  A* KernelAccumulator(int64_t u) {
+    if (kernel_partials_per_unit_) return kernel_grad_.data() + u * kernel_size_;
+    if constexpr (std::is_same_v<T, A>) {
+      return grad_kernel_;
+    } else {
+      return kernel_grad_.data();
+    }
+  }
+
+  // Every tile of the chunk, one share of tiles per work unit: columns, column gradient, the
+  // unit's kernel-gradient partial (if used), sample gradients and TapCorners.
+  void TilePipeline(int64_t p0, int64_t count) {
+    const int64_t tiles = (count + tile_ - 1) / tile_;
+    const int64_t units = std::min(units_, tiles);
+    const int64_t cost = (tiles / units + 1) * tile_ * samples_per_pixel_ *
+                         (60 + 12 * in_c_per_dgroup_ + 4 * d_.out_c * (in_c_per_group_ + 1));
+    parallel_.parallel_for(units, cost, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        for (int64_t t = tiles * u / units; t < tiles * (u + 1) / units; ++t) {
+          const int64_t first = t * tile_, n = std::min(tile_, count - first);
+          RunTile(chunk_ws_, p0, count, first, n, u);
+        }
+      }
+    });
+  }
+
+  // Chunk pixels [first, first + n) of the chunk of `count` pixels starting at p0.
+  void RunTile(Workspace& ws, int64_t p0, int64_t count, int64_t first, int64_t n, int64_t unit) {
+    const int64_t cout = d_.out_c, rows = kernel_rows_, coutg = out_c_per_group_;
+    GatherColumns<T, A>(d_, input_, offsets_, mask_, zeros_.data(), p0 + first, n, ws.col.get(),
+                        count, first);
+    const A* gout;
+    if constexpr (std::is_same_v<T, A>) {
+      gout = grad_output_ + (p0 + first) * cout;
+    } else {
+      const T* src = grad_output_ + (p0 + first) * cout;
+      A* dst = ws.gout.get() + first * cout;
+      for (int64_t e = 0; e < n * cout; ++e) dst[e] = A(src[e]);
+      gout = dst;
+    }
+    for (int64_t grp = 0; grp < d_.groups; ++grp) {
+      const int64_t at = ColumnIndex(count, taps_, in_c_per_group_, grp, first, 0,
+                                     grp * in_c_per_group_);
+      ConstMatrixMap<A> g(gout + grp * coutg, n, coutg, Eigen::OuterStride<>(cout));
+      ConstMatrixMap<A> w(kernel_acc_ + grp * coutg, rows, coutg, Eigen::OuterStride<>(cout));
+      MatrixMap<A> dcols(ws.dcol.get() + at, n, rows, Eigen::OuterStride<>(rows));
+      dcols.noalias() = g * w.transpose();
+      if (image_mode_ || kernel_partials_per_unit_) {  // else ChunkKernelGradient
+        ConstMatrixMap<A> cols(ws.col.get() + at, n, rows, Eigen::OuterStride<>(rows));
+        MatrixMap<A> dk(KernelAccumulator(unit) + grp * coutg, rows, coutg,
+                        Eigen::OuterStride<>(cout));
+        dk.noalias() += cols.transpose() * g;
+      }
+    }
+    for (int64_t pp = first; pp < first + n; ++pp) SampleGradients(ws, p0, count, pp);
+  }
+
+  // d kernel += col^T * grad_out over the chunk's pixels, in blocks of the kernel gradient.
+  void ChunkKernelGradient(int64_t p0, int64_t count) {
     const int64_t cout = d_.out_c, rows = kernel_rows_, coutg = out_c_per_group_;
     const A* gout;
     if constexpr (std::is_same_v<T, A>) {
       gout = grad_output_ + p0 * cout;
     } else {
-      for (int64_t e = 0; e < count * cout; ++e) {
-        scratch->gout_tile[e] = A(grad_output_[p0 * cout + e]);
-      }
-      gout = scratch->gout_tile.data();
+      gout = chunk_ws_.gout.get();
     }
-    for (int64_t grp = 0; grp < d_.groups; ++grp) {
-      ConstMatrixMap<A> g(gout + grp * coutg, count, coutg, Eigen::OuterStride<>(cout));
-      ConstMatrixMap<A> w(kernel_acc_ + grp * coutg, rows, coutg, Eigen::OuterStride<>(cout));
-      ConstMatrixMap<A> cols(scratch->col.data() + grp * count * rows, count, rows,
-                             Eigen::OuterStride<>(rows));
-      MatrixMap<A> dcols(scratch->dcol.data() + grp * count * rows, count, rows,
-                         Eigen::OuterStride<>(rows));
-      MatrixMap<A> dk(dker + grp * coutg, rows, coutg, Eigen::OuterStride<>(cout));
-      dcols.noalias() = g * w.transpose();
+    A* dker = KernelAccumulator(0);
+    ForEachProductBlock(parallel_, d_.groups, rows, coutg, count, [&](int64_t grp, int64_t r0,
+                                                                     int64_t r1, int64_t c0,
+                                                                     int64_t c1) {
+      ConstMatrixMap<A> cols(chunk_ws_.col.get() + ColumnIndex(count, taps_, in_c_per_group_, grp, 0, 0,
+                                                      grp * in_c_per_group_) + r0,
+                             count, r1 - r0, Eigen::OuterStride<>(rows));
+      ConstMatrixMap<A> g(gout + grp * coutg + c0, count, c1 - c0, Eigen::OuterStride<>(cout));
+      MatrixMap<A> dk(dker + r0 * cout + grp * coutg + c0, r1 - r0, c1 - c0,
+                      Eigen::OuterStride<>(cout));
       dk.noalias() += cols.transpose() * g;
-    }
+    });
   }
 
-  // Every (pixel, deformable group, tap) sample of the tile.
-  void ScatterTile(int64_t p0, int64_t count, A* din, Scratch* scratch) {
-    const int64_t samples_per_pixel = d_.deformable_groups * taps_;
-    for (int64_t pp = 0; pp < count; ++pp) {
-      const int64_t p = p0 + pp;
-      const PixelIndex px = Locate(d_, p);
-      const T* image = input_ + px.n * image_size_;
-      const T* off = offsets_ + p * 2 * samples_per_pixel;
-      const T* msk = mask_ ? mask_ + p * samples_per_pixel : nullptr;
-      T* doff = grad_offsets_ + p * 2 * samples_per_pixel;
-      T* dmsk = grad_mask_ ? grad_mask_ + p * samples_per_pixel : nullptr;
-      for (int64_t gk = 0; gk < samples_per_pixel; ++gk) {
-        ScatterSample(px, pp, count, gk, image, off, msk, doff, dmsk, din, scratch);
+  // The kernel gradient: partials summed in unit order, or the accumulator converted.
+  void FinishKernelGradient() {
+    if (!kernel_partials_per_unit_) {
+      if constexpr (!std::is_same_v<T, A>) {
+        for (int64_t e = 0; e < kernel_size_; ++e) grad_kernel_[e] = T(kernel_grad_[e]);
       }
+      return;
     }
+    ParallelShares(parallel_, kernel_size_, units_ * 2, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) {
+        A sum = 0;
+        for (int64_t u = 0; u < units_; ++u) sum += kernel_grad_[u * kernel_size_ + e];
+        grad_kernel_[e] = T(sum);
+      }
+    });
   }
 
-  // Sample gk = g*taps + k of tile pixel pp: adds mask * weight_q * dcol to the input gradient at
-  // its four corners, and writes d offsets = mask * (d value / d position) . dcol and d mask =
-  // value . dcol. Both derivatives are linear in the corner values, so the channel loop only
-  // accumulates the four dot products sum_c dcol[c] * corner_q[c] (vectorised, in a fixed
-  // order) and the helpers are applied to the sums.
-  void ScatterSample(const PixelIndex& px, int64_t pp, int64_t count, int64_t gk, const T* image,
-                     const T* off, const T* msk, T* doff, T* dmsk, A* din, Scratch* scratch) const {
+  // Offsets and mask gradients of the samples of chunk pixel pp, and their TapCorners.
+  void SampleGradients(Workspace& ws, int64_t p0, int64_t count, int64_t pp) {
+    const int64_t p = p0 + pp;
+    const PixelIndex px = Locate(d_, p);
+    const T* image = input_ + px.n * image_size_;
+    const T* off = offsets_ + p * 2 * samples_per_pixel_;
+    const T* msk = mask_ ? mask_ + p * samples_per_pixel_ : nullptr;
+    T* doff = grad_offsets_ + p * 2 * samples_per_pixel_;
+    T* dmsk = grad_mask_ ? grad_mask_ + p * samples_per_pixel_ : nullptr;
+    ForEachPixelSample<A>(d_, px, off, [&](int64_t gk, int64_t g, int64_t k,
+                                           const ConvSample<A>& s) {
+      SampleGradient(ws, s, pp, count, gk, g, k, image, msk, doff, dmsk,
+                     &ws.corners[pp * samples_per_pixel_ + gk]);
+    });
+  }
+
+  // Sample gk = g*taps + k of chunk pixel pp: d offsets = mask * (d value / d position) . dcol
+  // and d mask = value . dcol. Both are linear in the corner values, so the channel loop only
+  // forms the four dot products sum_c dcol[c] * corner_q[c] (vectorised, in a fixed order) and
+  // the helpers are applied to the sums.
+  void SampleGradient(const Workspace& ws, const ConvSample<A>& s, int64_t pp, int64_t count, int64_t gk, int64_t g,
+                      int64_t k, const T* image, const T* msk, T* doff, T* dmsk,
+                      TapCorners<A>* corners) const {
     const int64_t c = d_.in_c, cdg = in_c_per_dgroup_;
-    const int64_t g = gk / taps_, k = gk - g * taps_;
-    const ConvSample<A> s = SampleConvTap<A>(d_, px.ho, px.wo, k, off + 2 * gk);
     const A m = msk ? A(msk[gk]) : A(1);
+    for (int q = 0; q < 4; ++q) {
+      const bool used = s.kind == kSampleInside && s.pixel[q] >= 0;
+      corners->pixel[q] = used ? s.pixel[q] : -1;
+      corners->weight[q] = used ? m * s.weight[q] : A(0);
+    }
     if (s.kind != kSampleInside) {
       const A fill = s.kind == kSampleNaN ? QuietNaN<A>() : A(0);
       doff[2 * gk] = T(fill);
@@ -367,32 +586,21 @@ class BackwardPass {
       return;
     }
     const T* src[4];
-    A* dst[4];
-    for (int q = 0; q < 4; ++q) {
-      src[q] = s.pixel[q] >= 0 ? image + s.pixel[q] * c : zeros_.data();
-      dst[q] = s.pixel[q] >= 0 ? din + s.pixel[q] * c : scratch->sink.data();
-    }
+    for (int q = 0; q < 4; ++q) src[q] = s.pixel[q] >= 0 ? image + s.pixel[q] * c : zeros_.data();
     A sums[4] = {0, 0, 0, 0};
-    const A w[4] = {m * s.weight[0], m * s.weight[1], m * s.weight[2], m * s.weight[3]};
     ForEachGroupSegment(d_, g * cdg, (g + 1) * cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
-      const A* dc =
-          scratch->dcol.data() + ColumnIndex(count, taps_, in_c_per_group_, grp, pp, k, c0);
-      AccumulateSegment(dc, src, dst, w, c0, c1 - c0, sums);
+      const A* dc = ws.dcol.get() + ColumnIndex(count, taps_, in_c_per_group_, grp, pp, k, c0);
+      CornerDots(dc, src, c0, c1 - c0, sums);
     });
-    const A gm = ConvSampleValue(s, sums);
-    const A gy = ConvSampleDy(s, sums);
-    const A gx = ConvSampleDx(s, sums);
-    doff[2 * gk] = T(m * gy);
-    doff[2 * gk + 1] = T(m * gx);
-    if (dmsk) dmsk[gk] = T(gm);
+    doff[2 * gk] = T(m * ConvSampleDy(s, sums));
+    doff[2 * gk + 1] = T(m * ConvSampleDx(s, sums));
+    if (dmsk) dmsk[gk] = T(ConvSampleValue(s, sums));
   }
 
-  // Channels [c0, c0 + width) of one sample: sums[q] += dcol . corner_q, dst_q += w_q * dcol.
-  static void AccumulateSegment(const A* dc, const T* const (&src)[4], A* const (&dst)[4],
-                                const A (&w)[4], int64_t c0, int64_t width, A (&sums)[4]) {
+  // sums[q] += dcol . corner_q over channels [c0, c0 + width).
+  static void CornerDots(const A* dc, const T* const (&src)[4], int64_t c0, int64_t width,
+                         A (&sums)[4]) {
     const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0, *s3 = src[3] + c0;
-    A *d0 = dst[0] + c0, *d1 = dst[1] + c0, *d2 = dst[2] + c0, *d3 = dst[3] + c0;
-    const A w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
     A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
     for (int64_t e = 0; e < width; ++e) {
@@ -401,10 +609,6 @@ class BackwardPass {
       a1 += gc * A(s1[e]);
       a2 += gc * A(s2[e]);
       a3 += gc * A(s3[e]);
-      d0[e] += w0 * gc;
-      d1[e] += w1 * gc;
-      d2[e] += w2 * gc;
-      d3[e] += w3 * gc;
     }
     sums[0] += a0;
     sums[1] += a1;
@@ -412,50 +616,125 @@ class BackwardPass {
     sums[3] += a3;
   }
 
-  // The partials summed in block order: the input gradient only when images were split (whole
-  // images were written by their block), the kernel gradient always.
-  void ReducePartials() {
-    if (splits_ > 1) {
-      const int64_t splits = splits_, image_size = image_size_;
-      parallel_.parallel_for(d_.batch * image_size, splits * 2, [&](int64_t e0, int64_t e1) {
-        for (int64_t e = e0; e < e1; ++e) {
-          const int64_t n = e / image_size, r = e - n * image_size;
-          A sum = 0;
-          for (int64_t s = 0; s < splits; ++s) {
-            sum += input_partials_[(n * splits + s) * image_size + r];
-          }
-          grad_input_[e] = T(sum);
+  // The chunk's column gradient into the input gradient. Work unit = a range of input pixels of
+  // one image: it walks every sample of that image's chunk pixels and adds the corners that fall
+  // in its range, so each element has one writer and receives its terms in pixel, tap, corner
+  // order whatever the ranges and the thread count. The ranges cover every image of the chunk and
+  // are cut where the corner hits (counted per block of about a row of pixels) balance.
+  void ScatterInputGradient(int64_t p0, int64_t count) {
+    const int64_t n0 = p0 / pixels_per_image_, n1 = (p0 + count - 1) / pixels_per_image_;
+    const int64_t images = n1 - n0 + 1;
+    int shift = 0;
+    while ((int64_t(2) << shift) <= d_.in_w) ++shift;
+    const int64_t blocks = ((image_pixels_ - 1) >> shift) + 1;
+    hits_.assign(images * blocks, 0);
+    int64_t total = 0;
+    for (int64_t pp = 0; pp < count; ++pp) {
+      int64_t* image_hits = hits_.data() + ((p0 + pp) / pixels_per_image_ - n0) * blocks;
+      const TapCorners<A>* corners = &chunk_ws_.corners[pp * samples_per_pixel_];
+      for (int64_t gk = 0; gk < samples_per_pixel_; ++gk) {
+        for (int q = 0; q < 4; ++q) {
+          const int64_t pixel = corners[gk].pixel[q];
+          if (pixel >= 0) ++image_hits[pixel >> shift];
+          total += pixel >= 0;
         }
-      });
+      }
     }
-    parallel_.parallel_for(kernel_size_, blocks_ * 2, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        A sum = 0;
-        for (int64_t b = 0; b < blocks_; ++b) sum += kernel_partials_[b * kernel_size_ + e];
-        grad_kernel_[e] = T(sum);
+    ranges_.clear();
+    for (int64_t n = n0; n <= n1; ++n) {
+      const int64_t* image_hits = hits_.data() + (n - n0) * blocks;
+      int64_t image_total = 0;
+      for (int64_t b = 0; b < blocks; ++b) image_total += image_hits[b];
+      const int64_t pieces = std::clamp<int64_t>(
+          total > 0 ? (2 * units_ * image_total + total - 1) / total : 1, 1, blocks);
+      int64_t begin = 0, seen = 0, b = 0;
+      for (int64_t r = 1; r <= pieces; ++r) {
+        const int64_t goal = image_total * r / pieces;
+        while (b < blocks && (seen < goal || r == pieces)) seen += image_hits[b++];
+        const int64_t end = r == pieces ? image_pixels_ : std::min(image_pixels_, b << shift);
+        if (end > begin) ranges_.push_back({n, begin, end});
+        begin = std::max(begin, end);
+      }
+    }
+    const int64_t cost = (total / int64_t(ranges_.size()) + 1) * (4 + 2 * in_c_per_dgroup_) +
+                         count * samples_per_pixel_;
+    ParallelShares(parallel_, int64_t(ranges_.size()), cost, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        ScatterRange(chunk_ws_, p0, count, ranges_[r], InputAccumulator(ranges_[r].image));
       }
     });
+  }
+
+  // Adds the corners of image `range.image`'s samples among chunk pixels [p0, p0 + count) (in
+  // ws) that fall in the range to acc, that image's input-gradient accumulator; for half types,
+  // converts the range into grad_input once the image is complete.
+  void ScatterRange(const Workspace& ws, int64_t p0, int64_t count, const PixelRange& range,
+                    A* acc, bool convert = true) {
+    const int64_t n = range.image, c = d_.in_c, cdg = in_c_per_dgroup_;
+    const int64_t first = std::max(p0, n * pixels_per_image_) - p0;
+    const int64_t last = std::min(p0 + count, (n + 1) * pixels_per_image_) - p0;
+    for (int64_t pp = first; pp < last; ++pp) {
+      const TapCorners<A>* corners = &ws.corners[pp * samples_per_pixel_];
+      for (int64_t gk = 0; gk < samples_per_pixel_; ++gk) {
+        const TapCorners<A>& t = corners[gk];
+        const int64_t g = gk / taps_, k = gk - g * taps_;
+        for (int q = 0; q < 4; ++q) {
+          const int64_t pixel = t.pixel[q];
+          if (pixel < range.begin || pixel >= range.end) continue;  // also pixel = -1
+          const A w = t.weight[q];
+          ForEachGroupSegment(d_, g * cdg, (g + 1) * cdg, [&](int64_t grp, int64_t c0, int64_t c1) {
+            const A* dc = ws.dcol.get() + ColumnIndex(count, taps_, in_c_per_group_, grp, pp, k, c0);
+            A* dst = acc + pixel * c + c0;
+#pragma omp simd
+            for (int64_t e = 0; e < c1 - c0; ++e) dst[e] += w * dc[e];
+          });
+        }
+      }
+    }
+    if constexpr (!std::is_same_v<T, A>) {
+      // Not yet when image n continues in the next chunk (or is summed from split ranges).
+      if (!convert || (n + 1) * pixels_per_image_ > p0 + count) return;
+      T* dst = grad_input_ + n * image_size_;
+      for (int64_t e = range.begin * c; e < range.end * c; ++e) {
+        dst[e] = T(acc[e]);
+        acc[e] = A(0);  // the slot is reused by image n + slots_
+      }
+    }
   }
 
   const DeformConv2DDims& d_;
   const CpuParallel& parallel_;
   const T *input_, *offsets_, *mask_, *kernel_, *grad_output_;
   T *grad_input_, *grad_offsets_, *grad_mask_, *grad_kernel_, *grad_bias_;
-  const int64_t image_size_;       // H * W * C: one image of the input (gradient)
-  const int64_t taps_;             // kernel_h * kernel_w
-  const int64_t in_c_per_group_;   // input channels per convolution group
-  const int64_t in_c_per_dgroup_;  // input channels per deformable group
-  const int64_t out_c_per_group_;  // output channels per convolution group
-  const int64_t kernel_rows_;      // taps * C/groups: rows of one group's kernel matrix
-  const int64_t kernel_size_;      // kernel_rows * Cout elements
+  const int64_t image_pixels_;       // H * W
+  const int64_t image_size_;         // H * W * C: one image of the input (gradient)
+  const int64_t taps_;               // kernel_h * kernel_w
+  const int64_t samples_per_pixel_;  // deformable_groups * taps
+  const int64_t in_c_per_group_;     // input channels per convolution group
+  const int64_t in_c_per_dgroup_;    // input channels per deformable group
+  const int64_t out_c_per_group_;    // output channels per convolution group
+  const int64_t kernel_rows_;        // taps * C/groups: rows of one group's kernel matrix
+  const int64_t kernel_size_;        // kernel_rows * Cout elements
   const int64_t pixels_per_image_;
   const int64_t out_pixels_;
-  int64_t tile_ = 0, splits_ = 1, blocks_ = 1;  // PlanBlocks
+  const int64_t units_;  // work units of the tile pipeline: one per thread
+  ChunkPlan plan_{};
+  int64_t tile_ = 1;
+  bool image_mode_ = false;
+  int64_t splits_ = 1;  // image mode: pixel ranges per image
+  bool kernel_partials_per_unit_ = false;
   std::vector<A> kernel_storage_;
-  const A* kernel_acc_ = nullptr;   // the kernel in the accumulation type
-  std::vector<T> zeros_;            // C zeros: what outside corners read
-  std::vector<A> input_partials_;   // blocks * image_size
-  std::vector<A> kernel_partials_;  // blocks * kernel_size
+  const A* kernel_acc_ = nullptr;  // the kernel in the accumulation type
+  std::vector<T> zeros_;           // C zeros: what outside corners read
+  Workspace chunk_ws_;               // chunk mode
+  std::vector<Workspace> unit_ws_;   // image mode: one tile each
+  std::vector<PixelRange> ranges_;
+  std::vector<int64_t> hits_;  // corner hits per block of input pixels (scatter balance)
+  // Kernel-gradient partials (units * kernel_size) or, for half types, the float32 accumulator.
+  std::vector<A> kernel_grad_;
+  // Float input-gradient accumulators, slots_ images: half types, and split images.
+  std::vector<A> input_acc_;
+  int64_t slots_ = 1;
 };
 
 template <typename T>
