@@ -87,6 +87,13 @@ def _with_isa(monkeypatch, isa, fn, *args):
     return fn(*args)
 
 
+def _baseline_and(isa, case, seed, integer, monkeypatch):
+    """The outputs of `case` with the baseline build and with build `isa`."""
+    _require(isa)
+    results = [_with_isa(monkeypatch, name, case, seed, integer) for name in ("generic", isa)]
+    return [r[0] if case is _conv_case else r for r in results]
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_forced_isa_matches_reference(isa, monkeypatch):
     _require(isa)
@@ -99,11 +106,7 @@ def test_forced_isa_matches_reference(isa, monkeypatch):
 @pytest.mark.parametrize("isa", WIDER_ISAS)
 @pytest.mark.parametrize("case", [_conv_case, _pool_case], ids=["conv", "pool"])
 def test_isa_is_bitwise_equal_to_baseline_on_integer_inputs(isa, case, monkeypatch):
-    _require(isa)
-    baseline = _with_isa(monkeypatch, "generic", case, 3, True)
-    wider = _with_isa(monkeypatch, isa, case, 3, True)
-    baseline = baseline[0] if case is _conv_case else baseline
-    wider = wider[0] if case is _conv_case else wider
+    baseline, wider = _baseline_and(isa, case, 3, True, monkeypatch)
     assert len(baseline) == len(wider) >= 5
     for i, (a, b) in enumerate(zip(wider, baseline)):
         assert np.any(b != 0), f"output {i} is all zeros: the case exercises nothing"
@@ -114,11 +117,7 @@ def test_isa_is_bitwise_equal_to_baseline_on_integer_inputs(isa, case, monkeypat
 @pytest.mark.parametrize("isa", WIDER_ISAS)
 @pytest.mark.parametrize("case", [_conv_case, _pool_case], ids=["conv", "pool"])
 def test_isa_agrees_with_baseline_on_random_inputs(isa, case, monkeypatch):
-    _require(isa)
-    baseline = _with_isa(monkeypatch, "generic", case, 1, False)
-    wider = _with_isa(monkeypatch, isa, case, 1, False)
-    baseline = baseline[0] if case is _conv_case else baseline
-    wider = wider[0] if case is _conv_case else wider
+    baseline, wider = _baseline_and(isa, case, 1, False, monkeypatch)
     for a, b in zip(wider, baseline):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
