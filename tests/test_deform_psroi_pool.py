@@ -241,7 +241,8 @@ def test_class_aware_offsets():
 
 
 def test_position_sensitive_channels():
-    """Bin (ph, pw) of output channel ctop reads channel (ctop*G + gh)*G + gw."""
+    """Bin (ph, pw) of output channel ctop reads channel (ctop*G + gh)*G + gw. (Equal up to the
+    rounding of the weight sums: the CPU kernels sum each pixel's weights before multiplying.)"""
     g, d = 3, 2
     features = np.zeros([1, 10, 10, d * g * g])
     features[..., :] = np.arange(d * g * g)  # channel index as the value
@@ -250,7 +251,7 @@ def test_position_sensitive_channels():
     for ph in range(g):
         for pw in range(g):
             for ctop in range(d):
-                assert out[ph, pw, ctop] == (ctop * g + ph) * g + pw
+                assert out[ph, pw, ctop] == pytest.approx((ctop * g + ph) * g + pw, rel=1e-14)
 
 
 def test_rois_outside_give_zeros_and_no_gradient():
@@ -680,3 +681,31 @@ def test_shape_function_infers_shapes():
         return y
 
     run.get_concrete_function()
+
+
+def test_fused_and_two_pass_backward_agree(monkeypatch):
+    """The fused backward (private copies of the features gradient, corner weights summed per
+    pixel) and the two-pass one it falls back to when the copies do not fit the workspace
+    (TF_DCN_CPU_WORKSPACE_BYTES) compute the same gradients, up to rounding."""
+    rng = np.random.default_rng(11)
+    features = tf.constant(rng.uniform(-1, 1, (2, 16, 16, 2 * 2 * 8)))
+    rois = np.stack([rng.integers(0, 2, 12), rng.uniform(-4, 20, 12), rng.uniform(-4, 20, 12),
+                     rng.uniform(20, 60, 12), rng.uniform(20, 60, 12)], axis=1)
+    offsets = tf.constant(rng.normal(0, 0.3, (12, 2, 2, 2)))
+    upstream = tf.constant(rng.uniform(-1, 1, (12, 2, 2, 8)))
+
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch([features, offsets])
+            out = tf_dcn.deform_psroi_pool(features, rois, offsets, output_dim=8, group_size=2,
+                                           pooled_size=2, sample_per_part=3, trans_std=0.1,
+                                           spatial_scale=0.5)
+        return [g.numpy() for g in tape.gradient(out, [features, offsets], upstream)]
+
+    monkeypatch.delenv("TF_DCN_CPU_WORKSPACE_BYTES", raising=False)
+    fused = grads()
+    monkeypatch.setenv("TF_DCN_CPU_WORKSPACE_BYTES", "65536")  # one copy is 128 KiB
+    two_pass = grads()
+    for a, b in zip(fused, two_pass):
+        assert np.any(b != 0)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -223,10 +223,13 @@ def test_matches_reference(name, dtype, deterministic):
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["psroi_class_aware_part2", "psroi_pooled4_group2_classes3",
                                   "roi_pool_g1_classes"])
-def test_bitwise_equal_to_cpu_kernel(name, dtype):
-    """The launchers use the CPU kernel's per-element helpers and, per element, its summation
-    order (the deterministic features gradient included), so the emulation reproduces the CPU op
-    bit for bit. (On a GPU, FMA contraction may change the last bits.)"""
+def test_bitwise_equal_to_cpu_kernel(name, dtype, monkeypatch):
+    """The launchers use the CPU kernel's per-element helpers and its per-sample summation order
+    in the forward pass, so the emulation reproduces the CPU op's baseline build (no FMA
+    contraction, like the emulation) bit for bit there. The CPU backward sums each bin's corner
+    weights per pixel before touching the channels (deform_psroi_pool_cpu_kernels.h, BinCells),
+    the launchers sample by sample, so the gradients agree up to rounding. (On a GPU, FMA
+    contraction may change the last bits.)"""
     import tensorflow as tf
 
     import tf_dcn
@@ -235,6 +238,7 @@ def test_bitwise_equal_to_cpu_kernel(name, dtype):
         tf_dcn.load_ops()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
+    monkeypatch.setenv("TF_DCN_CPU_ISA", "generic")
     pool, features, offsets, grad_out = _case(name)
     tf_dtype = {"float64": tf.float64, "float32": tf.float32, "bfloat16": tf.bfloat16}[dtype]
     f, o, g = (None if x is None else tf.constant(_rounded(x, dtype), tf_dtype)
@@ -249,8 +253,11 @@ def test_bitwise_equal_to_cpu_kernel(name, dtype):
     cpu = [x.numpy().astype(np.float64) for x in cpu]
     got = [pool.forward(features, ROIS, offsets, dtype)]
     got += pool.backward(features, ROIS, offsets, grad_out, dtype)
-    for a, b in zip(cpu, got):
-        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(cpu[0], got[0])
+    tol = {"float64": 1e-12, "float32": 2e-5, "bfloat16": 2e-2}[dtype]
+    for a, b in zip(cpu[1:], got[1:]):
+        scale = max(1.0, float(np.max(np.abs(b))))
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
 
 
 # ------------------------------------------------------------------------------------------------

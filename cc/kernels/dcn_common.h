@@ -261,7 +261,8 @@ struct PoolSample {
   int kind;
   int64_t pixel[4];
   A weight[4];
-  A dx, dy;  // w - x0, h - y0
+  A dx, dy;        // w - x0, h - y0
+  int64_t y0, x0;  // the first corner's row and column (0 unless kept)
 };
 
 // Classifies and sets up the sample at (h, w) of an H x W plane. The skip test is strict (a
@@ -271,6 +272,7 @@ template <typename A>
 TF_DCN_HD PoolSample<A> MakePoolSample(A h, A w, int64_t height, int64_t width) {
   PoolSample<A> s;
   s.dx = s.dy = A(0);
+  s.y0 = s.x0 = 0;
   for (int q = 0; q < 4; ++q) {
     s.pixel[q] = 0;
     s.weight[q] = A(0);
@@ -297,6 +299,8 @@ TF_DCN_HD PoolSample<A> MakePoolSample(A h, A w, int64_t height, int64_t width) 
   if (y1 > height - 1) y1 = height - 1;
   s.dx = w - A(x0);
   s.dy = h - A(y0);
+  s.y0 = y0;
+  s.x0 = x0;
   const A hx = A(1) - s.dx, hy = A(1) - s.dy;
   s.pixel[0] = y0 * width + x0;
   s.pixel[1] = y1 * width + x0;

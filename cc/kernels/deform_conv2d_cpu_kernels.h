@@ -56,14 +56,6 @@ struct ChunkPlan {
   int64_t chunk;  // output pixels per chunk, a multiple of tile
 };
 
-// The temporary memory the kernels may use (bytes): 32 MiB, or TF_DCN_CPU_WORKSPACE_BYTES (at
-// least 64 KiB), which the tests set low to run many chunks on small inputs.
-inline int64_t WorkspaceLimit() {
-  const char* setting = std::getenv("TF_DCN_CPU_WORKSPACE_BYTES");
-  const long long bytes = setting ? std::atoll(setting) : 0;
-  return bytes > 0 ? std::max<int64_t>(bytes, 64 << 10) : int64_t(32) << 20;
-}
-
 // bytes_per_pixel: what one output pixel of a chunk takes in the pass's buffers.
 inline ChunkPlan PlanChunks(int64_t bytes_per_pixel, int threads) {
   const int64_t budget = std::min<int64_t>(

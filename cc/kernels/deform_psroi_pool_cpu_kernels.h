@@ -9,20 +9,25 @@
 // shared writes. Samples are generated on the fly and never stored, so memory does not grow with
 // sample_per_part.
 //
-// Backward, two passes, both without atomics and bitwise reproducible:
-//   * features (FeaturesGradient, ScatterChannelRange, ScatterBin): feature channel c receives
-//     gradient only from output channel c / group_size^2, so the channels are split into one
-//     contiguous range per thread and every range is written by one thread only. Inside a range
-//     the RoIs, bins and samples are visited in a fixed order, so each element's sum has the same
-//     order whatever the thread count (every range walks all RoIs). Half types accumulate in a
-//     float32 copy of the gradient (N*H*W*C floats), float32/float64 in place.
-//   * offsets (OffsetsGradient, RoiOffsetsGradient, BinOffsetsGradient): the gradient of a RoI's
-//     offsets comes only from that RoI's bins, so the RoIs are distributed over the pool and
-//     each one accumulates into a private buffer.
-// The per-bin sample counts of the forward pass are recomputed (a first walk over the bin's
-// sample positions, cheap next to the pooling), so the forward op has no hidden outputs.
+// Backward, without atomics and bitwise reproducible whatever the thread count:
+//   * fused (FusedBackward, FusedRoiBackward, BinCells), when a few private float copies of the
+//     features gradient fit the 32 MiB workspace: the RoIs are cut into ranges (their number set
+//     by the sizes only), each range accumulating into its copy; every (bin, class) is walked
+//     once, its kept samples' corner weights and position-derivative coefficients summed per
+//     pixel, and each pixel's channels visited once for both gradients; the copies are summed in
+//     range order. Each RoI owns its offsets gradient.
+//   * otherwise two passes. Features (FeaturesGradient, ScatterChannelRange, ScatterBin): feature
+//     channel c receives gradient only from output channel c / group_size^2, so the channels are
+//     split into one contiguous range per thread and every range is written by one thread only,
+//     visiting RoIs, bins and samples in a fixed order (every range walks all RoIs). Half types
+//     accumulate in a float32 copy of the gradient (N*H*W*C floats), float32/float64 in place.
+//     Offsets (OffsetsGradient, RoiOffsetsGradient, BinOffsetsGradient): the RoIs are
+//     distributed over the pool and each one accumulates into a private buffer.
+// The per-bin sample counts of the forward pass are recomputed, so the forward op has no hidden
+// outputs.
 //
-// Temporary memory: N*H*W*C floats for half types in the backward pass; otherwise O(C) per thread.
+// Temporary memory: the fused path's copies (at most 32 MiB); the two-pass path N*H*W*C floats
+// for half types, otherwise O(C) per thread.
 //
 // Included once per instruction set by cpu_kernels_<isa>.cc (through cpu_kernels_isa.h), which
 // defines TF_DCN_CPU_ISA, the namespace of the entry points at the end of this file.
@@ -37,6 +42,7 @@
 
 #include "Eigen/Core"
 #include "cc/kernels/cpu_dispatch.h"  // CpuParallel
+#include "cc/kernels/cpu_parallel_product.h"  // WorkspaceLimit
 #include "cc/kernels/dcn_common.h"
 #include "cc/kernels/deform_psroi_pool_geometry.h"
 
@@ -105,6 +111,133 @@ int64_t CountBin(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, const BinOri
     nan = nan || s.kind == kPoolNaN;
   });
   return nan ? -1 : count;
+}
+
+// One pixel a bin reads, with its bilinear weight and its position-derivative coefficients
+// summed over the bin's kept samples (the four corners of a sample are ordered as in
+// MakePoolSample; d value / d x = sum_q cx_q * u_q and d value / d y = sum_q cy_q * u_q). Summing
+// per pixel first visits each pixel's channels once per bin instead of once per corner hit: the
+// samples of a bin are usually less than a pixel apart, so a 4x4-sample bin reads about 16
+// distinct pixels instead of 64 corners.
+//
+// The *_poison flags keep what sample-by-sample sums do with a non-finite feature value: a term
+// with a zero factor (a corner of weight 0, at integer positions and the borders) or terms of both
+// signs give NaN there. The consumers add 0 * value for a poisoned sum, which is NaN exactly when
+// the value is not finite and 0 otherwise.
+template <typename A>
+struct PoolCell {
+  int64_t pixel;
+  A weight, cx, cy;
+  bool weight_poison, cx_poison, cy_poison;
+};
+
+// The cells of one (bin, class), with the bin's kept-sample count and NaN flag, and the scratch
+// that builds them (reused from bin to bin).
+template <typename A>
+struct BinCells {
+  int64_t kept = 0;
+  bool nan = false;
+  std::vector<PoolCell<A>> cells;
+  std::vector<PoolSample<A>> samples;
+  std::vector<int64_t> slot;     // grid cell -> index into cells, -1 when empty
+  std::vector<uint8_t> signs;    // per cell: kPos/kNeg/kZero bits of cx (low) and cy (high)
+};
+
+constexpr uint8_t kCoefPos = 1, kCoefNeg = 2, kCoefZero = 4;
+
+template <typename A>
+inline uint8_t CoefSign(A c) {
+  return c > A(0) ? kCoefPos : (c < A(0) ? kCoefNeg : kCoefZero);
+}
+
+inline bool SignsPoison(uint8_t bits) {
+  return (bits & kCoefZero) != 0 || (bits & (kCoefPos | kCoefNeg)) == (kCoefPos | kCoefNeg);
+}
+
+// Walks the bin's samples once and sums its corners per pixel, over a dense grid of the pixels the
+// samples span (or one cell per corner hit when that grid would be mostly empty).
+template <typename A>
+void BuildBinCells(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, const BinOrigin<A>& b,
+                   BinCells<A>* out) {
+  out->cells.clear();
+  out->samples.clear();
+  out->kept = 0;
+  out->nan = b.nan_origin;
+  if (out->nan) return;
+  ForEachSample(d, g, b, [&](const PoolSample<A>& s) {
+    out->nan = out->nan || s.kind == kPoolNaN;
+    if (s.kind == kPoolKept) out->samples.push_back(s);
+  });
+  out->kept = int64_t(out->samples.size());
+  if (out->nan || out->kept == 0) return;
+  int64_t y_lo = d.height, y_hi = -1, x_lo = d.width, x_hi = -1;
+  for (const PoolSample<A>& s : out->samples) {
+    y_lo = std::min(y_lo, s.y0);
+    y_hi = std::max(y_hi, s.y0 + int64_t(s.pixel[1] != s.pixel[0]));
+    x_lo = std::min(x_lo, s.x0);
+    x_hi = std::max(x_hi, s.x0 + int64_t(s.pixel[2] != s.pixel[0]));
+  }
+  const int64_t grid_w = x_hi - x_lo + 1, area = (y_hi - y_lo + 1) * grid_w;
+  const bool merge = area <= 8 * out->kept;
+  if (merge) out->slot.assign(area, -1);
+  out->signs.clear();
+  for (const PoolSample<A>& s : out->samples) {
+    const A hx = A(1) - s.dx, hy = A(1) - s.dy;
+    const A cx[4] = {-hy, -s.dy, hy, s.dy};
+    const A cy[4] = {-hx, hx, -s.dx, s.dx};
+    // Grid offsets of the corners (y0,x0), (y1,x0), (y0,x1), (y1,x1).
+    const int64_t base = (s.y0 - y_lo) * grid_w + (s.x0 - x_lo);
+    const int64_t down = s.pixel[1] != s.pixel[0] ? grid_w : 0;
+    const int64_t right = s.pixel[2] != s.pixel[0] ? 1 : 0;
+    const int64_t grid[4] = {base, base + down, base + right, base + down + right};
+    for (int q = 0; q < 4; ++q) {
+      int64_t index;
+      if (merge) {
+        int64_t& slot = out->slot[grid[q]];
+        if (slot < 0) {
+          slot = int64_t(out->cells.size());
+          out->cells.push_back({s.pixel[q], A(0), A(0), A(0), false, false, false});
+          out->signs.push_back(0);
+        }
+        index = slot;
+      } else {
+        index = int64_t(out->cells.size());
+        out->cells.push_back({s.pixel[q], A(0), A(0), A(0), false, false, false});
+        out->signs.push_back(0);
+      }
+      PoolCell<A>& cell = out->cells[index];
+      cell.weight += s.weight[q];
+      cell.weight_poison = cell.weight_poison || s.weight[q] == A(0);
+      cell.cx += cx[q];
+      cell.cy += cy[q];
+      out->signs[index] |= uint8_t(CoefSign(cx[q]) | (CoefSign(cy[q]) << 3));
+    }
+  }
+  for (size_t i = 0; i < out->cells.size(); ++i) {
+    out->cells[i].cx_poison = SignsPoison(out->signs[i] & 7);
+    out->cells[i].cy_poison = SignsPoison(uint8_t(out->signs[i] >> 3));
+  }
+}
+
+// The fused backward of one cell: grad[pixel, channel0 + j*GG] += weight * gs[j] and returns
+// e = sum_j gd[j] * f[pixel, channel0 + j*GG] (the cell's share of the offsets gradient).
+template <bool kUnitStride, typename T, typename A>
+inline A BackwardCell(const PoolCell<A>& cell, const T* image, int64_t C, int64_t channel0,
+                      int64_t GG, int64_t n, const A* gd, const A* gs, A* gimage) {
+  const int64_t stride = kUnitStride ? 1 : GG;
+  const T* f = image + cell.pixel * C + channel0;
+  A* dst = gimage + cell.pixel * C + channel0;
+  const A w = cell.weight;
+  A e = A(0);
+  for (int64_t j = 0; j < n; ++j) {
+    e += gd[j] * A(f[j * stride]);
+    dst[j * stride] += w * gs[j];
+  }
+  if (cell.weight_poison) {
+    const A zero = A(0);
+    for (int64_t j = 0; j < n; ++j) dst[j * stride] += zero * gs[j];
+  }
+  return e;
 }
 
 // The channel loops below visit output channels j of one class, i.e. feature channels
@@ -227,7 +360,7 @@ void Forward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T*
   const int64_t Ce = d.channels_each_class(), P = d.pooled_size;
   const int64_t cost =
       Cost({double(d.num_classes), double(d.samples_per_bin()), 60.0 + 12.0 * double(Ce)});
-  parallel.parallel_for(units, cost, [&](int64_t first, int64_t last) {
+  ParallelShares(parallel, units, cost, [&](int64_t first, int64_t last) {
     std::vector<A> acc(Ce);
     for (int64_t u = first; u < last; ++u) {
       const int64_t r = u / d.bins(), ph = (u / P) % P, pw = u % P;
@@ -422,11 +555,117 @@ void OffsetsGradient(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, 
   });
 }
 
+// The fused backward of RoI r: every (bin, class) is summed per pixel once (BinCells) and each
+// cell's channels are visited once for both gradients, the features gradient going to gimage
+// (the features gradient of RoI r's image in the calling unit's private accumulator) and the
+// offsets gradient to doff ([part, part, 2*num_classes], owned by the RoI). gd and gs hold Ce
+// values.
+template <typename T, typename TR, typename A>
+void FusedRoiBackward(const DeformPSRoIPoolDims& d, const T* features, const TR* rois,
+                      const T* offsets, const T* grad_output, int64_t r, A* gacc, A* gd, A* gs,
+                      A* doff, BinCells<A>* cells) {
+  const int64_t C = d.channels, GG = d.group_cells(), D = d.output_dim;
+  const int64_t Ce = d.channels_each_class(), P = d.pooled_size;
+  const A trans_std = A(d.trans_std);
+  const RoiInfo<A> roi = ResolveRoi<A, TR>(d, rois, r);
+  const T* image = features + roi.batch * d.plane_size();
+  A* gimage = gacc + roi.batch * d.plane_size();
+  const T* roi_off = RoiOffsets(d, offsets, r);
+  for (int64_t ph = 0; ph < P; ++ph) {
+    for (int64_t pw = 0; pw < P; ++pw) {
+      const int64_t gidx =
+          PoolGroupIndex(ph, d.group_size, P) * d.group_size + PoolGroupIndex(pw, d.group_size, P);
+      const int64_t part =
+          PoolPartIndex(ph, d.part_size, P) * d.part_size + PoolPartIndex(pw, d.part_size, P);
+      const T* gout = grad_output + ((r * P + ph) * P + pw) * D;
+      for (int64_t cls = 0; cls < d.num_classes; ++cls) {
+        A* dcell = doff + part * d.offset_channels() + 2 * cls;
+        BuildBinCells(d, roi.geom, MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls), cells);
+        if (cells->nan) {  // no features gradient; a NaN offsets gradient
+          dcell[0] = dcell[1] = QuietNaN<A>();
+          continue;
+        }
+        if (cells->kept == 0) continue;
+        const A count = A(cells->kept);
+        for (int64_t j = 0; j < Ce; ++j) {
+          gd[j] = A(gout[cls * Ce + j]);
+          gs[j] = gd[j] / count;
+        }
+        const int64_t channel0 = cls * Ce * GG + gidx;
+        A gx = A(0), gy = A(0);
+        for (const PoolCell<A>& cell : cells->cells) {
+          const A e = GG == 1
+                          ? BackwardCell<true>(cell, image, C, channel0, GG, Ce, gd, gs, gimage)
+                          : BackwardCell<false>(cell, image, C, channel0, GG, Ce, gd, gs, gimage);
+          gx += cell.cx * e + (cell.cx_poison ? A(0) * e : A(0));
+          gy += cell.cy * e + (cell.cy_poison ? A(0) * e : A(0));
+        }
+        dcell[0] += gx / count * trans_std * roi.geom.roi_w;
+        dcell[1] += gy / count * trans_std * roi.geom.roi_h;
+      }
+    }
+  }
+}
+
+// Both gradients in one walk over the RoIs. The RoIs are cut into `copies` equal ranges, each
+// with a private float copy of the features gradient, summed in range order at the end; the
+// number of copies depends only on the sizes (as many as fit the workspace limit, at most 16),
+// so the results are the same whatever the thread count. Returns false (nothing done) when fewer
+// copies fit than there are threads (up to 4) to keep busy: the two-pass backward below then
+// runs instead.
+template <typename T, typename TR>
+bool FusedBackward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T* features,
+                   const TR* rois, const T* offsets, const T* grad_output, T* grad_features,
+                   T* grad_offsets) {
+  using A = typename AccumulatorType<T>::type;
+  constexpr int64_t kMaxCopies = 16;
+  const int64_t workspace = WorkspaceLimit();
+  const int64_t size = d.batch * d.plane_size();
+  const int64_t copies = std::min<int64_t>(
+      {kMaxCopies, d.num_rois, workspace / std::max<int64_t>(1, size * int64_t(sizeof(A)))});
+  if (copies < std::min<int64_t>(4, std::max(1, parallel.num_threads)) || copies < 1) {
+    return false;
+  }
+  std::vector<A> storage(copies * size, A(0));
+  const int64_t cells = d.part_size * d.part_size * d.offset_channels();
+  const int64_t roi_cost =
+      Cost({double(d.bins()), double(d.num_classes), double(d.samples_per_bin()),
+            60.0 + 10.0 * double(d.channels_each_class())});
+  ParallelShares(parallel, copies, roi_cost * (d.num_rois / copies + 1), [&](int64_t k0, int64_t k1) {
+    std::vector<A> gd(d.channels_each_class()), gs(d.channels_each_class()), doff(cells);
+    BinCells<A> bin;
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t r = d.num_rois * k / copies; r < d.num_rois * (k + 1) / copies; ++r) {
+        std::fill(doff.begin(), doff.end(), A(0));
+        FusedRoiBackward<T, TR, A>(d, features, rois, offsets, grad_output, r,
+                                   storage.data() + k * size, gd.data(), gs.data(), doff.data(),
+                                   &bin);
+        if (d.use_offsets) {
+          T* dst = grad_offsets + r * cells;
+          for (int64_t e = 0; e < cells; ++e) dst[e] = T(doff[e]);
+        }
+      }
+    }
+  });
+  ParallelShares(parallel, size, copies * 2, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      A sum = 0;
+      for (int64_t k = 0; k < copies; ++k) sum += storage[k * size + e];
+      grad_features[e] = T(sum);
+    }
+  });
+  return true;
+}
+
 // Both gradients (see deform_psroi_pool_functor.h); grad_offsets only with offsets.
 template <typename T, typename TR>
 void Backward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T* features,
               const TR* rois, const T* offsets, const T* grad_output, T* grad_features,
               T* grad_offsets) {
+  if (d.num_rois > 0 && FusedBackward<T, TR>(d, parallel, features, rois, offsets, grad_output,
+                                             grad_features, grad_offsets)) {
+    return;
+  }
   FeaturesGradient<T, TR>(d, parallel, rois, offsets, grad_output, grad_features);
   if (!d.use_offsets || d.num_rois == 0) return;
   OffsetsGradient<T, TR>(d, parallel, features, rois, offsets, grad_output, grad_offsets);
