@@ -4,6 +4,13 @@
 #error "define TF_DCN_CPU_ISA before including cpu_kernels_isa.h"
 #endif
 
+// GCC 12's own AVX/AVX-512 intrinsic headers, as Eigen's packet code inlines them, warn about
+// their deliberately uninitialised `__Y = __Y` locals (-Wmaybe-uninitialized); silenced here so
+// that the build log shows only warnings about this project's code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include "cc/kernels/deform_conv2d_cpu_kernels.h"
 #include "cc/kernels/deform_psroi_pool_cpu_kernels.h"
 
