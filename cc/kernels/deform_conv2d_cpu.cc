@@ -17,7 +17,7 @@ struct DeformConv2DForward<CPUDevice, T> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformConv2DDims& d,
                           const T* input, const T* offsets, const T* mask, const T* kernel,
                           const T* bias, T* output) {
-    const CpuKernels* kernels;
+    const CpuKernels* kernels = nullptr;
     TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
     const DeformConv2DForwardArgs args{input, offsets, mask, kernel, bias, output};
     kernels->conv_forward(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
@@ -31,7 +31,7 @@ struct DeformConv2DBackward<CPUDevice, T> {
                           const T* input, const T* offsets, const T* mask, const T* kernel,
                           const T* grad_output, T* grad_input, T* grad_offsets, T* grad_mask,
                           T* grad_kernel, T* grad_bias) {
-    const CpuKernels* kernels;
+    const CpuKernels* kernels = nullptr;
     TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
     const DeformConv2DBackwardArgs args{input,       offsets,    mask,         kernel,
                                         grad_output, grad_input, grad_offsets, grad_mask,

@@ -17,7 +17,7 @@ template <typename T, typename TR>
 struct DeformPSRoIPoolForward<CPUDevice, T, TR> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
                           const T* features, const TR* rois, const T* offsets, T* output) {
-    const CpuKernels* kernels;
+    const CpuKernels* kernels = nullptr;
     TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
     const DeformPSRoIPoolForwardArgs args{features, rois, offsets, output};
     kernels->pool_forward(ElementTypeOf<T>(), ElementTypeOf<TR>(), d, MakeCpuParallel(ctx), args);
@@ -30,7 +30,7 @@ struct DeformPSRoIPoolBackward<CPUDevice, T, TR> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
                           const T* features, const TR* rois, const T* offsets, const T* grad_output,
                           T* grad_features, T* grad_offsets) {
-    const CpuKernels* kernels;
+    const CpuKernels* kernels = nullptr;
     TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
     const DeformPSRoIPoolBackwardArgs args{features, rois,         offsets,
                                            grad_output, grad_features, grad_offsets};

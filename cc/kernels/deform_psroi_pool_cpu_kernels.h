@@ -497,41 +497,52 @@ BinOffsetsGrad<A> BinOffsetsGradient(const DeformPSRoIPoolDims& d, const PoolRoi
   return b;
 }
 
+// Calls fn(ph, pw, cls, gidx, gout, dcell) for every (bin, class) of RoI r, in order: gidx is
+// the bin's position-sensitive group, gout the bin's grad_output row ([output_dim]) and dcell
+// the class's (x, y) pair of the bin's part cell in doff ([part, part, 2*num_classes]).
+template <typename A, typename T, typename Fn>
+void ForEachRoiBinClass(const DeformPSRoIPoolDims& d, const T* grad_output, int64_t r, A* doff,
+                        Fn fn) {
+  const int64_t P = d.pooled_size;
+  for (int64_t ph = 0; ph < P; ++ph) {
+    for (int64_t pw = 0; pw < P; ++pw) {
+      const int64_t gidx =
+          PoolGroupIndex(ph, d.group_size, P) * d.group_size + PoolGroupIndex(pw, d.group_size, P);
+      const int64_t part =
+          PoolPartIndex(ph, d.part_size, P) * d.part_size + PoolPartIndex(pw, d.part_size, P);
+      const T* gout = grad_output + ((r * P + ph) * P + pw) * d.output_dim;
+      for (int64_t cls = 0; cls < d.num_classes; ++cls) {
+        fn(ph, pw, cls, gidx, gout, doff + part * d.offset_channels() + 2 * cls);
+      }
+    }
+  }
+}
+
 // RoI r's offsets gradient [part, part, 2*num_classes] into doff (cells values), from its bins;
 // several bins may add into one part cell. g holds Ce values.
 template <typename T, typename TR, typename A>
 void RoiOffsetsGradient(const DeformPSRoIPoolDims& d, const T* features, const TR* rois,
                         const T* offsets, const T* grad_output, int64_t r, A* g, A* doff) {
-  const int64_t GG = d.group_cells(), D = d.output_dim;
-  const int64_t Ce = d.channels_each_class(), P = d.pooled_size;
+  const int64_t GG = d.group_cells(), Ce = d.channels_each_class();
   const A trans_std = A(d.trans_std);
   const RoiInfo<A> roi = ResolveRoi<A, TR>(d, rois, r);
   const T* image = features + roi.batch * d.plane_size();
   const T* roi_off = RoiOffsets(d, offsets, r);
-  for (int64_t ph = 0; ph < P; ++ph) {
-    for (int64_t pw = 0; pw < P; ++pw) {
-      const int64_t gidx =
-          PoolGroupIndex(ph, d.group_size, P) * d.group_size + PoolGroupIndex(pw, d.group_size, P);
-      const int64_t cell =
-          PoolPartIndex(ph, d.part_size, P) * d.part_size + PoolPartIndex(pw, d.part_size, P);
-      const T* gout = grad_output + ((r * P + ph) * P + pw) * D;
-      for (int64_t cls = 0; cls < d.num_classes; ++cls) {
-        A* dcell = doff + cell * d.offset_channels() + 2 * cls;
-        const BinOrigin<A> origin = MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls);
-        for (int64_t j = 0; j < Ce; ++j) g[j] = A(gout[cls * Ce + j]);
-        const BinOffsetsGrad<A> b =
-            BinOffsetsGradient<T, A>(d, roi.geom, origin, image, cls * Ce * GG + gidx, g);
-        if (b.nan) {
-          dcell[0] = dcell[1] = QuietNaN<A>();
-          continue;
-        }
-        if (b.kept == 0) continue;
-        const A count = A(b.kept);
-        dcell[0] += b.gx / count * trans_std * roi.geom.roi_w;
-        dcell[1] += b.gy / count * trans_std * roi.geom.roi_h;
-      }
+  ForEachRoiBinClass(d, grad_output, r, doff, [&](int64_t ph, int64_t pw, int64_t cls,
+                                                  int64_t gidx, const T* gout, A* dcell) {
+    const BinOrigin<A> origin = MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls);
+    for (int64_t j = 0; j < Ce; ++j) g[j] = A(gout[cls * Ce + j]);
+    const BinOffsetsGrad<A> b =
+        BinOffsetsGradient<T, A>(d, roi.geom, origin, image, cls * Ce * GG + gidx, g);
+    if (b.nan) {
+      dcell[0] = dcell[1] = QuietNaN<A>();
+      return;
     }
-  }
+    if (b.kept == 0) return;
+    const A count = A(b.kept);
+    dcell[0] += b.gx / count * trans_std * roi.geom.roi_w;
+    dcell[1] += b.gy / count * trans_std * roi.geom.roi_h;
+  });
 }
 
 // grad_offsets [R, part, part, 2*num_classes]: each RoI owns its offsets.
@@ -564,47 +575,37 @@ template <typename T, typename TR, typename A>
 void FusedRoiBackward(const DeformPSRoIPoolDims& d, const T* features, const TR* rois,
                       const T* offsets, const T* grad_output, int64_t r, A* gacc, A* gd, A* gs,
                       A* doff, BinCells<A>* cells) {
-  const int64_t C = d.channels, GG = d.group_cells(), D = d.output_dim;
-  const int64_t Ce = d.channels_each_class(), P = d.pooled_size;
+  const int64_t C = d.channels, GG = d.group_cells(), Ce = d.channels_each_class();
   const A trans_std = A(d.trans_std);
   const RoiInfo<A> roi = ResolveRoi<A, TR>(d, rois, r);
   const T* image = features + roi.batch * d.plane_size();
   A* gimage = gacc + roi.batch * d.plane_size();
   const T* roi_off = RoiOffsets(d, offsets, r);
-  for (int64_t ph = 0; ph < P; ++ph) {
-    for (int64_t pw = 0; pw < P; ++pw) {
-      const int64_t gidx =
-          PoolGroupIndex(ph, d.group_size, P) * d.group_size + PoolGroupIndex(pw, d.group_size, P);
-      const int64_t part =
-          PoolPartIndex(ph, d.part_size, P) * d.part_size + PoolPartIndex(pw, d.part_size, P);
-      const T* gout = grad_output + ((r * P + ph) * P + pw) * D;
-      for (int64_t cls = 0; cls < d.num_classes; ++cls) {
-        A* dcell = doff + part * d.offset_channels() + 2 * cls;
-        BuildBinCells(d, roi.geom, MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls), cells);
-        if (cells->nan) {  // no features gradient; a NaN offsets gradient
-          dcell[0] = dcell[1] = QuietNaN<A>();
-          continue;
-        }
-        if (cells->kept == 0) continue;
-        const A count = A(cells->kept);
-        for (int64_t j = 0; j < Ce; ++j) {
-          gd[j] = A(gout[cls * Ce + j]);
-          gs[j] = gd[j] / count;
-        }
-        const int64_t channel0 = cls * Ce * GG + gidx;
-        A gx = A(0), gy = A(0);
-        for (const PoolCell<A>& cell : cells->cells) {
-          const A e = GG == 1
-                          ? BackwardCell<true>(cell, image, C, channel0, GG, Ce, gd, gs, gimage)
-                          : BackwardCell<false>(cell, image, C, channel0, GG, Ce, gd, gs, gimage);
-          gx += cell.cx * e + (cell.cx_poison ? A(0) * e : A(0));
-          gy += cell.cy * e + (cell.cy_poison ? A(0) * e : A(0));
-        }
-        dcell[0] += gx / count * trans_std * roi.geom.roi_w;
-        dcell[1] += gy / count * trans_std * roi.geom.roi_h;
-      }
+  ForEachRoiBinClass(d, grad_output, r, doff, [&](int64_t ph, int64_t pw, int64_t cls,
+                                                  int64_t gidx, const T* gout, A* dcell) {
+    BuildBinCells(d, roi.geom, MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls), cells);
+    if (cells->nan) {  // no features gradient; a NaN offsets gradient
+      dcell[0] = dcell[1] = QuietNaN<A>();
+      return;
     }
-  }
+    if (cells->kept == 0) return;
+    const A count = A(cells->kept);
+    for (int64_t j = 0; j < Ce; ++j) {
+      gd[j] = A(gout[cls * Ce + j]);
+      gs[j] = gd[j] / count;
+    }
+    const int64_t channel0 = cls * Ce * GG + gidx;
+    A gx = A(0), gy = A(0);
+    for (const PoolCell<A>& cell : cells->cells) {
+      const A e = GG == 1
+                      ? BackwardCell<true>(cell, image, C, channel0, GG, Ce, gd, gs, gimage)
+                      : BackwardCell<false>(cell, image, C, channel0, GG, Ce, gd, gs, gimage);
+      gx += cell.cx * e + (cell.cx_poison ? A(0) * e : A(0));
+      gy += cell.cy * e + (cell.cy_poison ? A(0) * e : A(0));
+    }
+    dcell[0] += gx / count * trans_std * roi.geom.roi_w;
+    dcell[1] += gy / count * trans_std * roi.geom.roi_h;
+  });
 }
 
 // Both gradients in one walk over the RoIs. The RoIs are cut into `copies` equal ranges, each
