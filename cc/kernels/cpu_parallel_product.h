@@ -44,6 +44,21 @@ constexpr int64_t kMaxBlockRows = 512;  // taller ones are cut further (more, eq
 constexpr int64_t kMinBlockCols = 64;
 constexpr int64_t kColumnAlignment = 16;  // column block edges: whole 64-byte lines of float
 
+// out[e] = T(copies[0][e] + copies[1][e] + ...) over `count` private copies of `size` elements
+// (copies[k] at copies + k*size), summed in copy order: the fixed-order reduction of the kernels'
+// private partial sums.
+template <typename A, typename T>
+void SumCopiesInOrder(const CpuParallel& parallel, const A* copies, int64_t count, int64_t size,
+                      T* out) {
+  ParallelShares(parallel, size, count * 2, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      A sum = 0;
+      for (int64_t k = 0; k < count; ++k) sum += copies[k * size + e];
+      out[e] = T(sum);
+    }
+  });
+}
+
 // Row and column block counts of each of `batch` independent m x n products.
 struct ProductSplit {
   int64_t row_blocks, col_blocks;

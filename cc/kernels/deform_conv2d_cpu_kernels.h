@@ -168,19 +168,17 @@ const A* KernelInAccType(const DeformConv2DDims& d, const T* kernel, std::vector
   }
 }
 
-// The columns of chunk pixels [p0, p0 + count) into col (count rows per group), one tile per
-// work unit; fn(first, n), if given, runs on each tile's pixels too (chunk-relative).
-template <typename T, typename A, typename Fn>
+// The columns of chunk pixels [p0, p0 + count) into col (count rows per group), tile by tile.
+template <typename T, typename A>
 void GatherTiles(const DeformConv2DDims& d, const CpuParallel& parallel, const ChunkPlan& plan,
                  const T* input, const T* offsets, const T* mask, const T* zeros, int64_t p0,
-                 int64_t count, A* col, Fn fn) {
+                 int64_t count, A* col) {
   const int64_t tiles = (count + plan.tile - 1) / plan.tile;
   const int64_t cost = plan.tile * d.deformable_groups * d.taps() * (40 + 8 * d.in_c_per_dgroup());
   ParallelShares(parallel, tiles, cost, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t first = t * plan.tile, n = std::min(plan.tile, count - first);
       GatherColumns<T, A>(d, input, offsets, mask, zeros, p0 + first, n, col, count, first);
-      fn(first, n);
     }
   });
 }
@@ -203,7 +201,7 @@ void Forward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* in
   for (int64_t p0 = 0; p0 < total; p0 += plan.chunk) {
     const int64_t count = std::min(plan.chunk, total - p0);
     GatherTiles<T, A>(d, parallel, plan, input, offsets, mask, zeros.data(), p0, count,
-                      col.data(), [](int64_t, int64_t) {});
+                      col.data());
     // Output rows [r0, r1) of the chunk, channels [c0, c1) of group grp.
     ForEachProductBlock(parallel, d.groups, count, Coutg, KCg, [&](int64_t grp, int64_t r0,
                                                                  int64_t r1, int64_t c0,
@@ -534,13 +532,7 @@ class BackwardPass {
       }
       return;
     }
-    ParallelShares(parallel_, kernel_size_, units_ * 2, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        A sum = 0;
-        for (int64_t u = 0; u < units_; ++u) sum += kernel_grad_[u * kernel_size_ + e];
-        grad_kernel_[e] = T(sum);
-      }
-    });
+    SumCopiesInOrder(parallel_, kernel_grad_.data(), units_, kernel_size_, grad_kernel_);
   }
 
   // Offsets and mask gradients of the samples of chunk pixel pp, and their TapCorners.

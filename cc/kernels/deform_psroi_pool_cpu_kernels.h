@@ -648,13 +648,7 @@ bool FusedBackward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, co
       }
     }
   });
-  ParallelShares(parallel, size, copies * 2, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) {
-      A sum = 0;
-      for (int64_t k = 0; k < copies; ++k) sum += storage[k * size + e];
-      grad_features[e] = T(sum);
-    }
-  });
+  SumCopiesInOrder(parallel, storage.data(), copies, size, grad_features);
   return true;
 }
 
