@@ -3,7 +3,8 @@ chosen at run time.
 
 Checks that every build computes the same numbers (bitwise on integer-valued inputs, where every
 sum is exact whatever the order and whether or not it is fused; closely on random ones), that
-TF_DCN_CPU_ISA forces each, and that no instruction of a wider set leaked into the code of a
+TF_DCN_CPU_ISA forces each (and that bad settings of it and of TF_DCN_CPU_WORKSPACE_BYTES are
+errors), and that no instruction of a wider set leaked into the code of a
 narrower one (the wheel must run on every x86-64 CPU that TensorFlow runs on).
 """
 
@@ -128,6 +129,27 @@ def test_bad_isa_setting_is_an_error(monkeypatch):
         _conv_case(2, False)
     with pytest.raises(tf.errors.InvalidArgumentError, match="TF_DCN_CPU_ISA"):
         _pool_case(2, False)
+
+
+@pytest.mark.parametrize("setting", ["lots", "1e6", "65535", "0", "-1", "99999999999999999999"])
+def test_bad_workspace_setting_is_an_error(setting, monkeypatch):
+    # The CPU kernels' other environment setting, read at the same place as TF_DCN_CPU_ISA.
+    monkeypatch.setenv("TF_DCN_CPU_WORKSPACE_BYTES", setting)
+    for case in (_conv_case, _pool_case):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="TF_DCN_CPU_WORKSPACE_BYTES"):
+            case(2, False)
+
+
+def test_smallest_workspace_setting_and_empty_are_accepted(monkeypatch):
+    monkeypatch.delenv("TF_DCN_CPU_WORKSPACE_BYTES", raising=False)
+    def run():
+        return _conv_case(2, False)[0] + _pool_case(2, False)
+
+    expected = run()
+    for setting in ("65536", ""):
+        monkeypatch.setenv("TF_DCN_CPU_WORKSPACE_BYTES", setting)
+        for a, b in zip(run(), expected):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("isa", WIDER_ISAS)

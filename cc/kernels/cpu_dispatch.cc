@@ -1,6 +1,7 @@
 // Run-time choice of the CPU instruction set (see cpu_dispatch.h).
 #include "cc/kernels/cpu_dispatch.h"
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -62,6 +63,24 @@ bool SelectCpuIsa(CpuIsa* isa, std::string* error) {
   *error = std::string("TF_DCN_CPU_ISA must be auto, generic, avx2 or avx512, got '") + forced +
            "'";
   return false;
+}
+
+bool ReadCpuWorkspaceLimit(int64_t* bytes, std::string* error) {
+  const char* setting = std::getenv("TF_DCN_CPU_WORKSPACE_BYTES");
+  if (setting == nullptr || setting[0] == '\0') {
+    *bytes = kDefaultCpuWorkspaceBytes;
+    return true;
+  }
+  errno = 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(setting, &end, 10);
+  if (errno != 0 || end == setting || *end != '\0' || value < kMinCpuWorkspaceBytes) {
+    *error = std::string("TF_DCN_CPU_WORKSPACE_BYTES must be a whole number of bytes, at least ") +
+             std::to_string(kMinCpuWorkspaceBytes) + ", got '" + setting + "'";
+    return false;
+  }
+  *bytes = value;
+  return true;
 }
 
 const CpuKernels& CpuKernelsFor(CpuIsa isa) {

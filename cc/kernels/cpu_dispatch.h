@@ -21,10 +21,18 @@ namespace tf_dcn {
 
 // Runs fn(begin, end) over [0, total) on the op's intra-op thread pool; `cost` is the estimated
 // cost of one unit (as for TensorFlow's ThreadPool::ParallelFor).
+// The CPU kernels' temporary memory limit: 32 MiB unless TF_DCN_CPU_WORKSPACE_BYTES sets it (an
+// integer number of bytes, at least kMinCpuWorkspaceBytes; the tests set it low to run many chunks
+// on small inputs).
+constexpr int64_t kDefaultCpuWorkspaceBytes = int64_t(32) << 20;
+constexpr int64_t kMinCpuWorkspaceBytes = int64_t(64) << 10;
+
 struct CpuParallel {
   std::function<void(int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn)>
       parallel_for;
   int num_threads = 1;
+  // The temporary memory the kernels may use (bytes), from ReadCpuWorkspaceLimit.
+  int64_t workspace_bytes = kDefaultCpuWorkspaceBytes;
 };
 
 // Runs fn(begin, end) over [0, n) in at most num_threads equal, contiguous shares, one work unit
@@ -73,6 +81,11 @@ enum class CpuIsa { kGeneric, kAvx2, kAvx512 };
 // lacks is an error, reported through `error`); unset or "auto" picks the widest the CPU and the
 // OS support. Returns false and sets `error` on a bad setting.
 bool SelectCpuIsa(CpuIsa* isa, std::string* error);
+
+// The workspace limit TF_DCN_CPU_WORKSPACE_BYTES sets (kDefaultCpuWorkspaceBytes when unset or
+// empty); false with *error naming the variable when it is not a whole number of bytes at least
+// kMinCpuWorkspaceBytes.
+bool ReadCpuWorkspaceLimit(int64_t* bytes, std::string* error);
 
 // The kernel table of an instruction set.
 const CpuKernels& CpuKernelsFor(CpuIsa isa);

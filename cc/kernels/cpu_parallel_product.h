@@ -31,14 +31,6 @@ using MatrixMap = Eigen::Map<RowMatrix<A>, Eigen::Unaligned, Eigen::OuterStride<
 template <typename A>
 using ConstMatrixMap = Eigen::Map<const RowMatrix<A>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
-// The temporary memory the kernels may use (bytes): 32 MiB, or TF_DCN_CPU_WORKSPACE_BYTES (at
-// least 64 KiB), which the tests set low to run many chunks on small inputs.
-inline int64_t WorkspaceLimit() {
-  const char* setting = std::getenv("TF_DCN_CPU_WORKSPACE_BYTES");
-  const long long bytes = setting ? std::atoll(setting) : 0;
-  return bytes > 0 ? std::max<int64_t>(bytes, 64 << 10) : int64_t(32) << 20;
-}
-
 constexpr int64_t kMinBlockRows = 64;   // thinner row blocks pack the right operand too often
 constexpr int64_t kMaxBlockRows = 512;  // taller ones are cut further (more, equal blocks)
 constexpr int64_t kMinBlockCols = 64;

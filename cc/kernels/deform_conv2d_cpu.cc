@@ -18,9 +18,10 @@ struct DeformConv2DForward<CPUDevice, T> {
                           const T* input, const T* offsets, const T* mask, const T* kernel,
                           const T* bias, T* output) {
     const CpuKernels* kernels = nullptr;
-    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
+    CpuParallel parallel;
+    TF_RETURN_IF_ERROR(PrepareCpuKernels(ctx, &kernels, &parallel));
     const DeformConv2DForwardArgs args{input, offsets, mask, kernel, bias, output};
-    kernels->conv_forward(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
+    kernels->conv_forward(ElementTypeOf<T>(), d, parallel, args);
     return absl::OkStatus();
   }
 };
@@ -32,11 +33,12 @@ struct DeformConv2DBackward<CPUDevice, T> {
                           const T* grad_output, T* grad_input, T* grad_offsets, T* grad_mask,
                           T* grad_kernel, T* grad_bias) {
     const CpuKernels* kernels = nullptr;
-    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
+    CpuParallel parallel;
+    TF_RETURN_IF_ERROR(PrepareCpuKernels(ctx, &kernels, &parallel));
     const DeformConv2DBackwardArgs args{input,       offsets,    mask,         kernel,
                                         grad_output, grad_input, grad_offsets, grad_mask,
                                         grad_kernel, grad_bias};
-    kernels->conv_backward(ElementTypeOf<T>(), d, MakeCpuParallel(ctx), args);
+    kernels->conv_backward(ElementTypeOf<T>(), d, parallel, args);
     return absl::OkStatus();
   }
 };

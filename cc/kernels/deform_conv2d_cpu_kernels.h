@@ -57,9 +57,11 @@ struct ChunkPlan {
 };
 
 // bytes_per_pixel: what one output pixel of a chunk takes in the pass's buffers.
-inline ChunkPlan PlanChunks(int64_t bytes_per_pixel, int threads) {
-  const int64_t budget = std::min<int64_t>(
-      WorkspaceLimit() / 2, std::clamp<int64_t>(int64_t(threads) * (4 << 20), 8 << 20, 16 << 20));
+inline ChunkPlan PlanChunks(int64_t bytes_per_pixel, const CpuParallel& parallel) {
+  const int threads = parallel.num_threads;
+  const int64_t budget =
+      std::min<int64_t>(parallel.workspace_bytes / 2,
+                        std::clamp<int64_t>(int64_t(threads) * (4 << 20), 8 << 20, 16 << 20));
   const int64_t chunk = std::max<int64_t>(4, budget / std::max<int64_t>(1, bytes_per_pixel));
   // About eight tiles per thread and chunk, for the balance of the gather and sample steps.
   const int64_t tile = std::clamp<int64_t>(chunk / (8 * int64_t(std::max(1, threads))), 4, 256);
@@ -191,7 +193,7 @@ void Forward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* in
   if (total == 0 || d.out_c == 0) return;
   const int64_t K = d.taps(), Cg = d.in_c_per_group(), Coutg = d.out_c_per_group();
   const int64_t Cout = d.out_c, KCg = K * Cg;
-  const ChunkPlan plan = PlanChunks(K * d.in_c * int64_t(sizeof(A)), parallel.num_threads);
+  const ChunkPlan plan = PlanChunks(K * d.in_c * int64_t(sizeof(A)), parallel);
 
   std::vector<A> kernel_storage;
   const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
@@ -342,11 +344,11 @@ class BackwardPass {
   // the limit, else to a product over each chunk's columns. Partials are summed in unit order.
   void Prepare() {
     constexpr bool kHalf = !std::is_same_v<T, A>;
-    const int64_t workspace = WorkspaceLimit();
+    const int64_t workspace = parallel_.workspace_bytes;
     const int64_t col_row = taps_ * d_.in_c, gout_row = kHalf ? d_.out_c : 0;
     const int64_t bytes_per_pixel = int64_t(sizeof(A)) * (2 * col_row + gout_row) +
                                     samples_per_pixel_ * int64_t(sizeof(TapCorners<A>));
-    plan_ = PlanChunks(bytes_per_pixel, parallel_.num_threads);
+    plan_ = PlanChunks(bytes_per_pixel, parallel_);
     // Pipeline tiles: one column tile (about 1 MiB) stays in the core's cache through the tile's
     // gather, products and sample gradients.
     tile_ = std::clamp<int64_t>((1 << 20) / std::max<int64_t>(1, col_row * int64_t(sizeof(A))), 4,

@@ -18,9 +18,10 @@ struct DeformPSRoIPoolForward<CPUDevice, T, TR> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
                           const T* features, const TR* rois, const T* offsets, T* output) {
     const CpuKernels* kernels = nullptr;
-    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
+    CpuParallel parallel;
+    TF_RETURN_IF_ERROR(PrepareCpuKernels(ctx, &kernels, &parallel));
     const DeformPSRoIPoolForwardArgs args{features, rois, offsets, output};
-    kernels->pool_forward(ElementTypeOf<T>(), ElementTypeOf<TR>(), d, MakeCpuParallel(ctx), args);
+    kernels->pool_forward(ElementTypeOf<T>(), ElementTypeOf<TR>(), d, parallel, args);
     return absl::OkStatus();
   }
 };
@@ -31,10 +32,11 @@ struct DeformPSRoIPoolBackward<CPUDevice, T, TR> {
                           const T* features, const TR* rois, const T* offsets, const T* grad_output,
                           T* grad_features, T* grad_offsets) {
     const CpuKernels* kernels = nullptr;
-    TF_RETURN_IF_ERROR(ChooseCpuKernels(&kernels));
+    CpuParallel parallel;
+    TF_RETURN_IF_ERROR(PrepareCpuKernels(ctx, &kernels, &parallel));
     const DeformPSRoIPoolBackwardArgs args{features, rois,         offsets,
                                            grad_output, grad_features, grad_offsets};
-    kernels->pool_backward(ElementTypeOf<T>(), ElementTypeOf<TR>(), d, MakeCpuParallel(ctx), args);
+    kernels->pool_backward(ElementTypeOf<T>(), ElementTypeOf<TR>(), d, parallel, args);
     return absl::OkStatus();
   }
 };

@@ -42,7 +42,7 @@
 
 #include "Eigen/Core"
 #include "cc/kernels/cpu_dispatch.h"  // CpuParallel
-#include "cc/kernels/cpu_parallel_product.h"  // WorkspaceLimit
+#include "cc/kernels/cpu_parallel_product.h"  // SumCopiesInOrder
 #include "cc/kernels/dcn_common.h"
 #include "cc/kernels/deform_psroi_pool_geometry.h"
 
@@ -620,7 +620,7 @@ bool FusedBackward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, co
                    T* grad_offsets) {
   using A = typename AccumulatorType<T>::type;
   constexpr int64_t kMaxCopies = 16;
-  const int64_t workspace = WorkspaceLimit();
+  const int64_t workspace = parallel.workspace_bytes;
   const int64_t size = d.batch * d.plane_size();
   const int64_t copies = std::min<int64_t>(
       {kMaxCopies, d.num_rois, workspace / std::max<int64_t>(1, size * int64_t(sizeof(A)))});

@@ -38,26 +38,26 @@ constexpr ElementType ElementTypeOf<double>() {
   return ElementType::kDouble;
 }
 
-// The CPU kernels of the instruction set SelectCpuIsa picks (TF_DCN_CPU_ISA or the widest the
-// CPU supports); a bad TF_DCN_CPU_ISA setting is an InvalidArgument error of the op.
-inline absl::Status ChooseCpuKernels(const CpuKernels** kernels) {
+// What a CPU op needs to run the TF-free kernels: the kernels of the instruction set SelectCpuIsa
+// picks (TF_DCN_CPU_ISA or the widest the CPU supports) and the op's intra-op thread pool with the
+// workspace limit (TF_DCN_CPU_WORKSPACE_BYTES). A bad setting of either variable is an
+// InvalidArgument error of the op, naming the variable.
+inline absl::Status PrepareCpuKernels(tensorflow::OpKernelContext* ctx, const CpuKernels** kernels,
+                                      CpuParallel* parallel) {
   CpuIsa isa;
   std::string error;
   if (!SelectCpuIsa(&isa, &error)) return absl::InvalidArgumentError(error);
+  if (!ReadCpuWorkspaceLimit(&parallel->workspace_bytes, &error)) {
+    return absl::InvalidArgumentError(error);
+  }
   *kernels = &CpuKernelsFor(isa);
-  return absl::OkStatus();
-}
-
-// The op's intra-op thread pool, for the TF-free CPU kernels.
-inline CpuParallel MakeCpuParallel(tensorflow::OpKernelContext* ctx) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  CpuParallel parallel;
-  parallel.num_threads = workers->NumThreads();
-  parallel.parallel_for = [workers](int64_t total, int64_t cost,
-                                    const std::function<void(int64_t, int64_t)>& fn) {
+  parallel->num_threads = workers->NumThreads();
+  parallel->parallel_for = [workers](int64_t total, int64_t cost,
+                                     const std::function<void(int64_t, int64_t)>& fn) {
     workers->ParallelFor(total, cost, fn);
   };
-  return parallel;
+  return absl::OkStatus();
 }
 
 }  // namespace tf_dcn
