@@ -1,4 +1,5 @@
-"""The CPU backward pass in its two modes (image mode, chunk mode) and at several thread counts.
+"""The CPU backward pass in its two modes (image mode, chunk mode) and at several thread counts;
+the pooling backward pass at several thread counts and RoI chunk sizes.
 
 Each thread count runs in a fresh process (TensorFlow fixes the intra-op pool at start-up). A
 small TF_DCN_CPU_WORKSPACE_BYTES (read at every call) forces chunk mode with many chunks and
@@ -22,6 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 THREADS = (1, 2, 3, 4)
 WORKSPACES = {"image": None, "chunk": 64 << 10, "chunk_small": 256 << 10}
+CONV_CASES = ("one_image", "batch")
+POOL_CASES = ("psroi", "roi")
 
 _WORKER = r'''
 import json, os, sys
@@ -71,6 +74,39 @@ for name, (xs, ks, groups, dgroups, stride) in cases.items():
             results[key] = runs[0]
             results[key + "|same_again"] = all(a.tobytes() == b.tobytes()
                                               for a, b in zip(*runs))
+# Pooling: deformable PS-RoI pooling (owners are position-sensitive groups) and deformable RoI
+# pooling with 130 channels (owners are channel blocks, the last one partial).
+pool_features = rng.uniform(-1, 1, (2, 14, 12, 130))
+corners = rng.uniform(-6, 30, (9, 2))
+pool_rois = np.concatenate([rng.integers(0, 2, (9, 1)), corners,
+                            corners + rng.uniform(4, 30, (9, 2))], axis=1)
+pool_offsets = rng.normal(0, 0.4, (9, 3, 3, 2))
+pool_cases = {
+    "psroi": (tf_dcn.deform_psroi_pool, dict(output_dim=14, group_size=3),
+              pool_features[..., :126]),
+    "roi": (tf_dcn.deform_roi_pool, dict(), pool_features),
+}
+for name, (pool, kw, feats) in pool_cases.items():
+    upstream = rng.uniform(-1, 1, (9, 3, 3, kw.get("output_dim", feats.shape[-1])))
+    for dtype in ("float64", "float32", "float16"):
+        f, o = tf.constant(feats.astype(dtype)), tf.constant(pool_offsets.astype(dtype))
+        for mode, workspace in workspaces.items():
+            if workspace is None:
+                os.environ.pop("TF_DCN_CPU_WORKSPACE_BYTES", None)
+            else:
+                os.environ["TF_DCN_CPU_WORKSPACE_BYTES"] = str(workspace)
+            runs = []
+            for _ in range(2):
+                with tf.GradientTape() as tape:
+                    tape.watch([f, o])
+                    y = pool(f, pool_rois, o, pooled_size=3, sample_per_part=3, trans_std=0.1,
+                             spatial_scale=0.5, **kw)
+                grads = tape.gradient(y, [f, o], tf.constant(upstream.astype(dtype)))
+                runs.append([y.numpy()] + [g.numpy() for g in grads])
+            key = f"{name}|{dtype}|{mode}"
+            results[key] = runs[0]
+            results[key + "|same_again"] = all(a.tobytes() == b.tobytes()
+                                              for a, b in zip(*runs))
 arrays = {}
 for key, value in results.items():
     if isinstance(value, list):
@@ -99,19 +135,20 @@ def results(tmp_path_factory):
 
 
 def _outputs(data, key):
-    return [data[f"{key}|{i}"] for i in range(5)]
+    count = 3 if key.split("|")[0] in POOL_CASES else 5
+    return [data[f"{key}|{i}"] for i in range(count)]
 
 
 @pytest.mark.parametrize("threads", THREADS)
 def test_every_mode_is_deterministic(results, threads):
     data = results[threads]
     again = [k for k in data if k.endswith("|same_again")]
-    assert len(again) == 2 * 3 * len(WORKSPACES)
+    assert len(again) == (len(CONV_CASES) + len(POOL_CASES)) * 3 * len(WORKSPACES)
     assert all(bool(data[k]) for k in again), [k for k in again if not bool(data[k])]
 
 
 @pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("case", ["one_image", "batch"])
+@pytest.mark.parametrize("case", CONV_CASES + POOL_CASES)
 def test_modes_and_thread_counts_agree(results, threads, case):
     reference = _outputs(results[1], f"{case}|float64|image")
     for i, a in enumerate(reference):
@@ -124,3 +161,16 @@ def test_modes_and_thread_counts_agree(results, threads, case):
                 np.testing.assert_allclose(
                     g.astype(np.float64), r, rtol=tol, atol=tol * scale,
                     err_msg=f"{case} {dtype} {mode} threads={threads} output {i}")
+
+
+@pytest.mark.parametrize("threads", THREADS[1:])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pooling_backward_is_the_same_at_every_thread_count(results, threads, case):
+    """docs/semantics.md: the pooling backward pass (and forward pass) is bitwise identical
+    whatever the thread count, in every element type and chunking."""
+    for dtype in ("float64", "float32", "float16"):
+        for mode in WORKSPACES:
+            key = f"{case}|{dtype}|{mode}"
+            for i, (a, b) in enumerate(zip(_outputs(results[threads], key),
+                                           _outputs(results[1], key))):
+                assert a.tobytes() == b.tobytes(), (key, threads, i)

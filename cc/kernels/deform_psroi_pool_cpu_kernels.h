@@ -9,25 +9,23 @@
 // shared writes. Samples are generated on the fly and never stored, so memory does not grow with
 // sample_per_part.
 //
-// Backward, without atomics and bitwise reproducible whatever the thread count:
-//   * fused (FusedBackward, FusedRoiBackward, BinCells), when a few private float copies of the
-//     features gradient fit the 32 MiB workspace: the RoIs are cut into ranges (their number set
-//     by the sizes only), each range accumulating into its copy; every (bin, class) is walked
-//     once, its kept samples' corner weights and position-derivative coefficients summed per
-//     pixel, and each pixel's channels visited once for both gradients; the copies are summed in
-//     range order. Each RoI owns its offsets gradient.
-//   * otherwise two passes. Features (FeaturesGradient, ScatterChannelRange, ScatterBin): feature
-//     channel c receives gradient only from output channel c / group_size^2, so the channels are
-//     split into one contiguous range per thread and every range is written by one thread only,
-//     visiting RoIs, bins and samples in a fixed order (every range walks all RoIs). Half types
-//     accumulate in a float32 copy of the gradient (N*H*W*C floats), float32/float64 in place.
-//     Offsets (OffsetsGradient, RoiOffsetsGradient, BinOffsetsGradient): the RoIs are
-//     distributed over the pool and each one accumulates into a private buffer.
+// Backward (Backward, PoolBackwardChunks), without atomics and bitwise reproducible whatever the
+// thread count, in chunks of RoIs sized to the workspace limit (32 MiB by default):
+//   1. RoIs in parallel: every (bin, class) walks its samples once and sums their corner weights
+//      and position-derivative coefficients per pixel (BuildBinCells); the cells are kept.
+//   2. Owners in parallel (PoolOwners): each owns a disjoint part of the features gradient (one
+//      position-sensitive group, or a block of channels when group_size = 1) and walks every
+//      RoI, bin, class and cell of the chunk in order, visiting each cell's channels once for
+//      both gradients: it adds into the features gradient in place (a float32 copy for half
+//      types) and keeps its partial offsets-gradient sum of each (bin, class).
+//   3. RoIs in parallel: each RoI adds its bins' partial sums, in a fixed order, into its offsets
+//      gradient.
+// No thread keeps a copy of the features gradient, and the owners depend only on the sizes.
 // The per-bin sample counts of the forward pass are recomputed, so the forward op has no hidden
 // outputs.
 //
-// Temporary memory: the fused path's copies (at most 32 MiB); the two-pass path N*H*W*C floats
-// for half types, otherwise O(C) per thread.
+// Temporary memory: the chunk's cells (at most the workspace limit, or one RoI's worst case if
+// larger), and N*H*W*C floats for half types.
 //
 // Included once per instruction set by cpu_kernels_<isa>.cc (through cpu_kernels_isa.h), which
 // defines TF_DCN_CPU_ISA, the namespace of the entry points at the end of this file.
@@ -37,12 +35,12 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "Eigen/Core"
 #include "cc/kernels/cpu_dispatch.h"  // CpuParallel
-#include "cc/kernels/cpu_parallel_product.h"  // SumCopiesInOrder
 #include "cc/kernels/dcn_common.h"
 #include "cc/kernels/deform_psroi_pool_geometry.h"
 
@@ -98,19 +96,6 @@ inline void ForEachSample(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, con
       fn(PoolBinSample(g, b.h0, b.w0, iy, ix, d.height, d.width));
     }
   }
-}
-
-// Number of kept samples of a bin; -1 when the bin is NaN (non-finite box or a NaN position).
-template <typename A>
-int64_t CountBin(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, const BinOrigin<A>& b) {
-  if (b.nan_origin) return -1;
-  int64_t count = 0;
-  bool nan = false;
-  ForEachSample(d, g, b, [&](const PoolSample<A>& s) {
-    count += s.kind == kPoolKept;
-    nan = nan || s.kind == kPoolNaN;
-  });
-  return nan ? -1 : count;
 }
 
 // One pixel a bin reads, with its bilinear weight and its position-derivative coefficients
@@ -219,22 +204,55 @@ void BuildBinCells(const DeformPSRoIPoolDims& d, const PoolRoi<A>& g, const BinO
   }
 }
 
-// The fused backward of one cell: grad[pixel, channel0 + j*GG] += weight * gs[j] and returns
-// e = sum_j gd[j] * f[pixel, channel0 + j*GG] (the cell's share of the offsets gradient).
+// Sums of products over a channel run are kept in kDotLanes partial sums (lane j % kDotLanes),
+// added pairwise at the end: a single running sum is one dependency chain the compiler may
+// not reorder (no fast-math), while independent lanes vectorise. The order is fixed by the source,
+// so it does not depend on the ISA build or the thread count.
+constexpr int64_t kDotLanes = 16;
+
+// Pairwise, halving the lanes each step (a short dependency chain).
+template <typename A>
+inline A SumLanes(A* lanes) {
+  for (int64_t half = kDotLanes / 2; half > 0; half /= 2) {
+    for (int64_t k = 0; k < half; ++k) lanes[k] += lanes[k + half];
+  }
+  return lanes[0];
+}
+
+// The backward of one cell: grad[pixel, channel0 + j*GG] += weight * gs[j] and returns
+// e = sum_j gd[j] * f[pixel, channel0 + j*GG] (the cell's share of the offsets gradient). With unit
+// stride the sum runs in kDotLanes lanes; strided runs (one channel per class, a few dozen at most)
+// keep one running sum.
 template <bool kUnitStride, typename T, typename A>
 inline A BackwardCell(const PoolCell<A>& cell, const T* image, int64_t C, int64_t channel0,
                       int64_t GG, int64_t n, const A* gd, const A* gs, A* gimage) {
-  const int64_t stride = kUnitStride ? 1 : GG;
   const T* f = image + cell.pixel * C + channel0;
   A* dst = gimage + cell.pixel * C + channel0;
   const A w = cell.weight;
   A e = A(0);
-  for (int64_t j = 0; j < n; ++j) {
-    e += gd[j] * A(f[j * stride]);
-    dst[j * stride] += w * gs[j];
+  if constexpr (kUnitStride) {
+    A lanes[kDotLanes] = {};
+    int64_t j = 0;
+    for (; j + kDotLanes <= n; j += kDotLanes) {
+      for (int64_t k = 0; k < kDotLanes; ++k) {
+        lanes[k] += gd[j + k] * A(f[j + k]);
+        dst[j + k] += w * gs[j + k];
+      }
+    }
+    for (int64_t k = 0; j + k < n; ++k) {
+      lanes[k] += gd[j + k] * A(f[j + k]);
+      dst[j + k] += w * gs[j + k];
+    }
+    e = SumLanes(lanes);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      e += gd[j] * A(f[j * GG]);
+      dst[j * GG] += w * gs[j];
+    }
   }
   if (cell.weight_poison) {
     const A zero = A(0);
+    const int64_t stride = kUnitStride ? 1 : GG;
     for (int64_t j = 0; j < n; ++j) dst[j * stride] += zero * gs[j];
   }
   return e;
@@ -258,42 +276,6 @@ inline void AccumulateSample(const PoolSample<A>& s, const T* image, int64_t C, 
     const int64_t k = j * stride;
     acc[j] += w0 * A(p0[k]) + w1 * A(p1[k]) + w2 * A(p2[k]) + w3 * A(p3[k]);
   }
-}
-
-// grad[pixel[q], channel0 + j*GG] += g[j] * weight[q], corners in order q = 0..3.
-template <bool kUnitStride, typename A>
-inline void ScatterSample(const PoolSample<A>& s, const A* g, int64_t C, int64_t channel0,
-                          int64_t GG, int64_t n, A* gimage) {
-  const int64_t stride = kUnitStride ? 1 : GG;
-  for (int q = 0; q < 4; ++q) {
-    A* dst = gimage + s.pixel[q] * C + channel0;
-    const A w = s.weight[q];
-    for (int64_t j = 0; j < n; ++j) dst[j * stride] += g[j] * w;
-  }
-}
-
-// dots[q] = sum_j g[j] * f[pixel[q], channel0 + j*GG]. By linearity, PoolSampleDx/Dy of these
-// sums equal the g-weighted sums of the per-channel derivatives.
-template <bool kUnitStride, typename T, typename A>
-inline void CornerDots(const PoolSample<A>& s, const T* image, int64_t C, int64_t channel0,
-                       int64_t GG, int64_t n, const A* g, A dots[4]) {
-  const int64_t stride = kUnitStride ? 1 : GG;
-  const T* p0 = image + s.pixel[0] * C + channel0;
-  const T* p1 = image + s.pixel[1] * C + channel0;
-  const T* p2 = image + s.pixel[2] * C + channel0;
-  const T* p3 = image + s.pixel[3] * C + channel0;
-  A d0 = A(0), d1 = A(0), d2 = A(0), d3 = A(0);
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t k = j * stride;
-    d0 += g[j] * A(p0[k]);
-    d1 += g[j] * A(p1[k]);
-    d2 += g[j] * A(p2[k]);
-    d3 += g[j] * A(p3[k]);
-  }
-  dots[0] = d0;
-  dots[1] = d1;
-  dots[2] = d2;
-  dots[3] = d3;
 }
 
 // Cost estimate for ParallelFor: the product of the factors, saturated (absurd attribute values
@@ -370,300 +352,260 @@ void Forward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T*
   });
 }
 
-// Bin (r, ph, pw)'s share of the features gradient in feature channels [c0, c1): for each class
-// with output channels there, grad/count is scattered to the four corners of every kept sample.
-// g holds Ce values.
-template <typename T, typename TR, typename A>
-void ScatterBin(const DeformPSRoIPoolDims& d, const RoiInfo<A>& roi, const T* roi_off,
-                const T* grad_output, int64_t r, int64_t ph, int64_t pw, int64_t c0, int64_t c1,
-                A* g, A* gimage) {
-  const int64_t C = d.channels, GG = d.group_cells(), D = d.output_dim;
-  const int64_t Ce = d.channels_each_class(), P = d.pooled_size;
-  const int64_t gidx =
-      PoolGroupIndex(ph, d.group_size, P) * d.group_size + PoolGroupIndex(pw, d.group_size, P);
-  // Output channels ctop whose feature channel ctop*GG + gidx is in [c0, c1).
-  if (c1 - 1 < gidx) return;
-  const int64_t lo = c0 <= gidx ? 0 : (c0 - gidx + GG - 1) / GG;
-  const int64_t hi = std::min(D, (c1 - 1 - gidx) / GG + 1);
-  if (lo >= hi) return;
-  const T* gout = grad_output + ((r * P + ph) * P + pw) * D;
-  for (int64_t cls = lo / Ce; cls * Ce < hi; ++cls) {
-    const BinOrigin<A> origin = MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls);
-    const int64_t kept = CountBin(d, roi.geom, origin);
-    if (kept <= 0) continue;  // NaN bin or nothing kept
-    const int64_t t0 = std::max(lo, cls * Ce), t1 = std::min(hi, (cls + 1) * Ce);
-    const A count = A(kept);
-    for (int64_t t = t0; t < t1; ++t) g[t - t0] = A(gout[t]) / count;
-    const int64_t channel0 = t0 * GG + gidx;
-    ForEachSample(d, roi.geom, origin, [&](const PoolSample<A>& s) {
-      if (s.kind != kPoolKept) return;
-      if (GG == 1) {
-        ScatterSample<true>(s, g, C, channel0, GG, t1 - t0, gimage);
-      } else {
-        ScatterSample<false>(s, g, C, channel0, GG, t1 - t0, gimage);
-      }
-    });
-  }
+// Where the backward keeps one (bin, class) of a RoI: its cells in the chunk's cell store
+// (cells [first, first + count)) and its kept-sample count, -1 for a NaN bin.
+struct CachedBin {
+  int64_t first;
+  int32_t count;
+  int32_t kept;
+};
+
+// Who owns which part of the features gradient in the backward. With position-sensitive groups
+// (group_size > 1) the (bin, class) pairs of group g read only feature channels ctop*GG + g, so
+// each group is one owner and computes the whole offsets-gradient sum of its pairs (one slot).
+// With group_size = 1 every bin reads every channel of its class: the owners are blocks of
+// channels, and each adds its share of a pair's offsets-gradient sum to a slot of its own. The
+// owners and blocks depend only on the sizes, never on the thread count.
+struct PoolOwners {
+  bool by_group;
+  int64_t count;  // owners
+  int64_t block;  // channels per owner (group_size = 1)
+  int64_t slots;  // partial offsets-gradient sums per (bin, class)
+};
+
+inline PoolOwners MakePoolOwners(const DeformPSRoIPoolDims& d) {
+  constexpr int64_t kMaxBlocks = 16, kMinBlock = 64;
+  if (d.group_cells() > 1) return {true, d.group_cells(), 0, 1};
+  const int64_t wanted = (d.channels + kMaxBlocks - 1) / kMaxBlocks;
+  const int64_t block = std::max(kMinBlock, (wanted + 15) / 16 * 16);
+  const int64_t count = (d.channels + block - 1) / block;
+  return {false, count, block, count};
 }
 
-// Feature channels [c0, c1) of the features gradient (accumulated in gacc), from every bin of
-// every RoI in a fixed order; converted into grad_features for half types.
+// The backward of a chunk of RoIs [r0, r0 + rn): phase 1 sums every (bin, class)'s corners per
+// pixel (BuildBinCells) into the chunk's store, RoIs in parallel; phase 2 runs the owners in
+// parallel, each walking the chunk's RoIs, bins and classes in order, adding to its own part of
+// the features gradient (gacc) and writing its partial offsets-gradient sums; phase 3 adds those
+// into grad_offsets, RoIs in parallel, bins and classes in order.
 template <typename T, typename TR, typename A>
-void ScatterChannelRange(const DeformPSRoIPoolDims& d, const TR* rois, const T* offsets,
-                         const T* grad_output, int64_t c0, int64_t c1, A* g, A* gacc,
-                         T* grad_features) {
-  const int64_t C = d.channels, P = d.pooled_size;
-  const int64_t pixels = d.batch * d.height * d.width;
-  for (int64_t p = 0; p < pixels; ++p) std::fill(gacc + p * C + c0, gacc + p * C + c1, A(0));
-  for (int64_t r = 0; r < d.num_rois; ++r) {
-    const RoiInfo<A> roi = ResolveRoi<A, TR>(d, rois, r);
-    if (!roi.geom.finite) continue;  // NaN bins pass no gradient to the features
-    A* gimage = gacc + roi.batch * d.plane_size();
-    const T* roi_off = RoiOffsets(d, offsets, r);
+class PoolBackwardChunks {
+ public:
+  PoolBackwardChunks(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T* features,
+                     const TR* rois, const T* offsets, const T* grad_output, A* gacc,
+                     T* grad_offsets)
+      : d_(d),
+        parallel_(parallel),
+        features_(features),
+        rois_(rois),
+        offsets_(offsets),
+        grad_output_(grad_output),
+        gacc_(gacc),
+        grad_offsets_(grad_offsets),
+        owners_(MakePoolOwners(d)),
+        pairs_(d.bins() * d.num_classes),
+        max_cells_(4 * d.samples_per_bin()) {
+    // Worst case of one RoI: every kept sample with four distinct corners.
+    const int64_t roi_bytes =
+        pairs_ * (max_cells_ * int64_t(sizeof(PoolCell<A>)) + int64_t(sizeof(CachedBin)) +
+                  owners_.slots * 2 * int64_t(sizeof(A)));
+    // With channel-block owners every owner reads the chunk's cells again: a chunk that stays
+    // in the last-level cache is read from there.
+    constexpr int64_t kCachedChunkBytes = int64_t(8) << 20;
+    const int64_t budget = owners_.by_group ? parallel.workspace_bytes
+                                            : std::min(parallel.workspace_bytes, kCachedChunkBytes);
+    chunk_ = std::clamp<int64_t>(budget / std::max<int64_t>(1, roi_bytes), 1, d.num_rois);
+    // Left uninitialised: phase 1 writes what the later phases read.
+    cells_.reset(new PoolCell<A>[chunk_ * pairs_ * max_cells_]);
+    bins_.resize(chunk_ * pairs_);
+    partial_.resize(owners_.slots * chunk_ * pairs_ * 2);
+  }
+
+  void Run() {
+    for (int64_t r0 = 0; r0 < d_.num_rois; r0 += chunk_) {
+      const int64_t rn = std::min(chunk_, d_.num_rois - r0);
+      const double samples = double(pairs_) * double(d_.samples_per_bin());
+      ParallelShares(parallel_, rn, Cost({samples, 40.0}), [&](int64_t i0, int64_t i1) {
+        BinCells<A> scratch;
+        for (int64_t i = i0; i < i1; ++i) CacheRoi(r0, i, &scratch);
+      });
+      const double channels = owners_.by_group ? double(d_.output_dim) : double(owners_.block);
+      ParallelShares(parallel_, owners_.count,
+                     Cost({double(rn), samples, 2.0 + channels}),
+                     [&](int64_t u0, int64_t u1) {
+                       std::vector<A> gd(d_.channels_each_class()), gs(gd.size());
+                       for (int64_t u = u0; u < u1; ++u) RunOwner(r0, rn, u, gd.data(), gs.data());
+                     });
+      if (!d_.use_offsets) continue;
+      ParallelShares(parallel_, rn, Cost({double(pairs_), double(owners_.slots), 4.0}),
+                     [&](int64_t i0, int64_t i1) {
+                       for (int64_t i = i0; i < i1; ++i) FinishOffsets(r0, rn, i);
+                     });
+    }
+  }
+
+ private:
+  // Phase 1: the cells of RoI r0 + i.
+  void CacheRoi(int64_t r0, int64_t i, BinCells<A>* scratch) {
+    const int64_t P = d_.pooled_size, K = d_.num_classes;
+    const RoiInfo<A> roi = ResolveRoi<A, TR>(d_, rois_, r0 + i);
+    const T* roi_off = RoiOffsets(d_, offsets_, r0 + i);
+    // The RoI's cells are packed, one (bin, class) after the other, in its part of the store.
+    int64_t next = i * pairs_ * max_cells_;
     for (int64_t ph = 0; ph < P; ++ph) {
       for (int64_t pw = 0; pw < P; ++pw) {
-        ScatterBin<T, TR, A>(d, roi, roi_off, grad_output, r, ph, pw, c0, c1, g, gimage);
+        for (int64_t cls = 0; cls < K; ++cls) {
+          BuildBinCells(d_, roi.geom, MakeBinOrigin(d_, roi.geom, roi_off, ph, pw, cls), scratch);
+          const int64_t pair = (i * P + ph) * P * K + pw * K + cls;
+          CachedBin& bin = bins_[pair];
+          bin.first = next;
+          next += int64_t(scratch->cells.size());
+          bin.count = int32_t(scratch->cells.size());
+          bin.kept = scratch->nan ? -1 : int32_t(scratch->kept);
+          std::copy(scratch->cells.begin(), scratch->cells.end(), cells_.get() + bin.first);
+        }
       }
     }
   }
-  if constexpr (!std::is_same_v<T, A>) {
-    for (int64_t p = 0; p < pixels; ++p) {
-      for (int64_t c = c0; c < c1; ++c) grad_features[p * C + c] = T(gacc[p * C + c]);
+
+  // Phase 2: owner u's share of every (bin, class) of the chunk.
+  void RunOwner(int64_t r0, int64_t rn, int64_t u, A* gd, A* gs) {
+    const int64_t C = d_.channels, GG = d_.group_cells(), Ce = d_.channels_each_class();
+    const int64_t P = d_.pooled_size, K = d_.num_classes, D = d_.output_dim;
+    const int64_t slot = owners_.by_group ? 0 : u;
+    for (int64_t i = 0; i < rn; ++i) {
+      const int64_t r = r0 + i;
+      const int64_t batch = ResolveRoi<A, TR>(d_, rois_, r).batch;
+      const T* image = features_ + batch * d_.plane_size();
+      A* gimage = gacc_ + batch * d_.plane_size();
+      for (int64_t ph = 0; ph < P; ++ph) {
+        for (int64_t pw = 0; pw < P; ++pw) {
+          const int64_t gidx = PoolGroupIndex(ph, d_.group_size, P) * d_.group_size +
+                               PoolGroupIndex(pw, d_.group_size, P);
+          if (owners_.by_group && gidx != u) continue;
+          const T* gout = grad_output_ + ((r * P + ph) * P + pw) * D;
+          for (int64_t cls = 0; cls < K; ++cls) {
+            const int64_t pair = (i * P + ph) * P * K + pw * K + cls;
+            const CachedBin& bin = bins_[pair];
+            A* sums = partial_.data() + ((slot * chunk_) * pairs_ + pair) * 2;
+            sums[0] = sums[1] = A(0);
+            if (bin.kept <= 0) continue;  // NaN bins and bins without samples pass nothing
+            // Output channels [j0, j1) of the class; feature channels (cls*Ce + j)*GG + gidx.
+            int64_t j0 = 0, j1 = Ce;
+            if (!owners_.by_group) {
+              j0 = std::clamp<int64_t>(u * owners_.block - cls * Ce, 0, Ce);
+              j1 = std::clamp<int64_t>((u + 1) * owners_.block - cls * Ce, 0, Ce);
+              if (j0 >= j1) continue;
+            }
+            const A count = A(bin.kept);
+            for (int64_t j = j0; j < j1; ++j) {
+              gd[j - j0] = A(gout[cls * Ce + j]);
+              gs[j - j0] = gd[j - j0] / count;
+            }
+            const int64_t channel0 = (cls * Ce + j0) * GG + gidx, n = j1 - j0;
+            A gx = A(0), gy = A(0);
+            const PoolCell<A>* cell = cells_.get() + bin.first;
+            for (int32_t k = 0; k < bin.count; ++k, ++cell) {
+              const A e = GG == 1
+                              ? BackwardCell<true>(*cell, image, C, channel0, GG, n, gd, gs, gimage)
+                              : BackwardCell<false>(*cell, image, C, channel0, GG, n, gd, gs, gimage);
+              gx += cell->cx * e + (cell->cx_poison ? A(0) * e : A(0));
+              gy += cell->cy * e + (cell->cy_poison ? A(0) * e : A(0));
+            }
+            sums[0] = gx;
+            sums[1] = gy;
+          }
+        }
+      }
     }
   }
-}
 
-// grad_features [N, H, W, C]: one contiguous channel range per shard.
+  // Phase 3: grad_offsets of RoI r0 + i ([part, part, 2*num_classes]); several bins may add into
+  // one part cell.
+  void FinishOffsets(int64_t r0, int64_t rn, int64_t i) {
+    const int64_t P = d_.pooled_size, K = d_.num_classes;
+    const int64_t cells = d_.part_size * d_.part_size * d_.offset_channels();
+    const A trans_std = A(d_.trans_std);
+    const RoiInfo<A> roi = ResolveRoi<A, TR>(d_, rois_, r0 + i);
+    std::vector<A> doff(cells, A(0));
+    for (int64_t ph = 0; ph < P; ++ph) {
+      for (int64_t pw = 0; pw < P; ++pw) {
+        const int64_t part =
+            PoolPartIndex(ph, d_.part_size, P) * d_.part_size + PoolPartIndex(pw, d_.part_size, P);
+        for (int64_t cls = 0; cls < K; ++cls) {
+          const int64_t pair = (i * P + ph) * P * K + pw * K + cls;
+          const CachedBin& bin = bins_[pair];
+          A* dcell = doff.data() + part * d_.offset_channels() + 2 * cls;
+          if (bin.kept < 0) {
+            dcell[0] = dcell[1] = QuietNaN<A>();
+            continue;
+          }
+          if (bin.kept == 0) continue;
+          A gx = A(0), gy = A(0);
+          for (int64_t slot = 0; slot < owners_.slots; ++slot) {
+            const A* sums = partial_.data() + ((slot * chunk_) * pairs_ + pair) * 2;
+            gx += sums[0];
+            gy += sums[1];
+          }
+          const A count = A(bin.kept);
+          dcell[0] += gx / count * trans_std * roi.geom.roi_w;
+          dcell[1] += gy / count * trans_std * roi.geom.roi_h;
+        }
+      }
+    }
+    T* dst = grad_offsets_ + (r0 + i) * cells;
+    for (int64_t e = 0; e < cells; ++e) dst[e] = T(doff[e]);
+    (void)rn;
+  }
+
+  const DeformPSRoIPoolDims& d_;
+  const CpuParallel& parallel_;
+  const T* features_;
+  const TR* rois_;
+  const T* offsets_;
+  const T* grad_output_;
+  A* gacc_;
+  T* grad_offsets_;
+  const PoolOwners owners_;
+  const int64_t pairs_;      // (bin, class) pairs per RoI
+  const int64_t max_cells_;  // cells one (bin, class) can have
+  int64_t chunk_;            // RoIs per chunk
+  std::unique_ptr<PoolCell<A>[]> cells_;
+  std::vector<CachedBin> bins_;
+  std::vector<A> partial_;
+};
+
+// Both gradients (see deform_psroi_pool_functor.h); grad_offsets only with offsets. Every element
+// of the features gradient is summed in the same order (RoIs, bins, classes, cells) whatever the
+// thread count, and each offsets-gradient sum over its slots in slot order, so the results are
+// bitwise the same at every thread count. Temporary memory: the chunk store (at most the workspace
+// limit, or one RoI's worst case when that is larger) and, for half types, a float copy of the
+// features gradient.
 template <typename T, typename TR>
-void FeaturesGradient(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const TR* rois,
-                      const T* offsets, const T* grad_output, T* grad_features) {
+void Backward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T* features,
+              const TR* rois, const T* offsets, const T* grad_output, T* grad_features,
+              T* grad_offsets) {
   using A = typename AccumulatorType<T>::type;
-  const int64_t C = d.channels, D = d.output_dim;
-  const int64_t pixels = d.batch * d.height * d.width;
-  if (pixels * C == 0) return;
-  std::vector<A> storage(std::is_same_v<T, A> ? 0 : pixels * C);
+  const int64_t size = d.batch * d.plane_size();
+  std::vector<A> storage(std::is_same_v<T, A> ? 0 : size);
   A* gacc;
   if constexpr (std::is_same_v<T, A>) {
     gacc = grad_features;
   } else {
     gacc = storage.data();
   }
-  const int64_t threads = std::max(1, parallel.num_threads);
-  const int64_t shards = std::min<int64_t>(C, threads);
-  // Every shard walks every bin (twice) and scatters its share of the channels.
-  const int64_t shard_cost =
-      Cost({double(d.num_rois) * double(d.bins()) * double(d.samples_per_bin()),
-            120.0 * double(d.num_classes) + 8.0 * double(D / shards + 1)}) +
-      pixels;
-  parallel.parallel_for(shards, shard_cost, [&](int64_t s0, int64_t s1) {
-    std::vector<A> g(d.channels_each_class());
-    for (int64_t shard = s0; shard < s1; ++shard) {
-      const int64_t c0 = C * shard / shards, c1 = C * (shard + 1) / shards;
-      ScatterChannelRange<T, TR, A>(d, rois, offsets, grad_output, c0, c1, g.data(), gacc,
-                                    grad_features);
-    }
+  ParallelShares(parallel, size, 1, [&](int64_t e0, int64_t e1) {
+    std::fill(gacc + e0, gacc + e1, A(0));
   });
-}
-
-// The offsets gradient of one (bin, class): the g-weighted position derivatives summed over
-// the kept samples (gx, gy), how many were kept, and whether the bin is NaN.
-template <typename A>
-struct BinOffsetsGrad {
-  A gx, gy;
-  int64_t kept;
-  bool nan;
-};
-
-template <typename T, typename A>
-BinOffsetsGrad<A> BinOffsetsGradient(const DeformPSRoIPoolDims& d, const PoolRoi<A>& geom,
-                                     const BinOrigin<A>& origin, const T* image, int64_t channel0,
-                                     const A* g) {
-  const int64_t C = d.channels, GG = d.group_cells(), Ce = d.channels_each_class();
-  BinOffsetsGrad<A> b{A(0), A(0), 0, origin.nan_origin};
-  if (b.nan) return b;
-  ForEachSample(d, geom, origin, [&](const PoolSample<A>& s) {
-    if (s.kind == kPoolNaN) b.nan = true;
-    if (s.kind != kPoolKept || b.nan) return;
-    ++b.kept;
-    A dots[4];
-    if (GG == 1) {
-      CornerDots<true>(s, image, C, channel0, GG, Ce, g, dots);
-    } else {
-      CornerDots<false>(s, image, C, channel0, GG, Ce, g, dots);
-    }
-    b.gx += PoolSampleDx(s, dots);
-    b.gy += PoolSampleDy(s, dots);
-  });
-  return b;
-}
-
-// Calls fn(ph, pw, cls, gidx, gout, dcell) for every (bin, class) of RoI r, in order: gidx is
-// the bin's position-sensitive group, gout the bin's grad_output row ([output_dim]) and dcell
-// the class's (x, y) pair of the bin's part cell in doff ([part, part, 2*num_classes]).
-template <typename A, typename T, typename Fn>
-void ForEachRoiBinClass(const DeformPSRoIPoolDims& d, const T* grad_output, int64_t r, A* doff,
-                        Fn fn) {
-  const int64_t P = d.pooled_size;
-  for (int64_t ph = 0; ph < P; ++ph) {
-    for (int64_t pw = 0; pw < P; ++pw) {
-      const int64_t gidx =
-          PoolGroupIndex(ph, d.group_size, P) * d.group_size + PoolGroupIndex(pw, d.group_size, P);
-      const int64_t part =
-          PoolPartIndex(ph, d.part_size, P) * d.part_size + PoolPartIndex(pw, d.part_size, P);
-      const T* gout = grad_output + ((r * P + ph) * P + pw) * d.output_dim;
-      for (int64_t cls = 0; cls < d.num_classes; ++cls) {
-        fn(ph, pw, cls, gidx, gout, doff + part * d.offset_channels() + 2 * cls);
-      }
-    }
+  if (d.num_rois > 0) {
+    PoolBackwardChunks<T, TR, A>(d, parallel, features, rois, offsets, grad_output, gacc,
+                                 grad_offsets)
+        .Run();
   }
-}
-
-// RoI r's offsets gradient [part, part, 2*num_classes] into doff (cells values), from its bins;
-// several bins may add into one part cell. g holds Ce values.
-template <typename T, typename TR, typename A>
-void RoiOffsetsGradient(const DeformPSRoIPoolDims& d, const T* features, const TR* rois,
-                        const T* offsets, const T* grad_output, int64_t r, A* g, A* doff) {
-  const int64_t GG = d.group_cells(), Ce = d.channels_each_class();
-  const A trans_std = A(d.trans_std);
-  const RoiInfo<A> roi = ResolveRoi<A, TR>(d, rois, r);
-  const T* image = features + roi.batch * d.plane_size();
-  const T* roi_off = RoiOffsets(d, offsets, r);
-  ForEachRoiBinClass(d, grad_output, r, doff, [&](int64_t ph, int64_t pw, int64_t cls,
-                                                  int64_t gidx, const T* gout, A* dcell) {
-    const BinOrigin<A> origin = MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls);
-    for (int64_t j = 0; j < Ce; ++j) g[j] = A(gout[cls * Ce + j]);
-    const BinOffsetsGrad<A> b =
-        BinOffsetsGradient<T, A>(d, roi.geom, origin, image, cls * Ce * GG + gidx, g);
-    if (b.nan) {
-      dcell[0] = dcell[1] = QuietNaN<A>();
-      return;
-    }
-    if (b.kept == 0) return;
-    const A count = A(b.kept);
-    dcell[0] += b.gx / count * trans_std * roi.geom.roi_w;
-    dcell[1] += b.gy / count * trans_std * roi.geom.roi_h;
-  });
-}
-
-// grad_offsets [R, part, part, 2*num_classes]: each RoI owns its offsets.
-template <typename T, typename TR>
-void OffsetsGradient(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T* features,
-                     const TR* rois, const T* offsets, const T* grad_output, T* grad_offsets) {
-  using A = typename AccumulatorType<T>::type;
-  const int64_t cells = d.part_size * d.part_size * d.offset_channels();
-  const int64_t roi_cost =
-      Cost({double(d.bins()), double(d.num_classes), double(d.samples_per_bin()),
-            60.0 + 24.0 * double(d.channels_each_class())});
-  parallel.parallel_for(d.num_rois, roi_cost, [&](int64_t r0, int64_t r1) {
-    std::vector<A> doff(cells), g(d.channels_each_class());
-    for (int64_t r = r0; r < r1; ++r) {
-      std::fill(doff.begin(), doff.end(), A(0));
-      RoiOffsetsGradient<T, TR, A>(d, features, rois, offsets, grad_output, r, g.data(),
-                                   doff.data());
-      T* dst = grad_offsets + r * cells;
-      for (int64_t e = 0; e < cells; ++e) dst[e] = T(doff[e]);
-    }
-  });
-}
-
-// The fused backward of RoI r: every (bin, class) is summed per pixel once (BinCells) and each
-// cell's channels are visited once for both gradients, the features gradient going to gimage
-// (the features gradient of RoI r's image in the calling unit's private accumulator) and the
-// offsets gradient to doff ([part, part, 2*num_classes], owned by the RoI). gd and gs hold Ce
-// values.
-template <typename T, typename TR, typename A>
-void FusedRoiBackward(const DeformPSRoIPoolDims& d, const T* features, const TR* rois,
-                      const T* offsets, const T* grad_output, int64_t r, A* gacc, A* gd, A* gs,
-                      A* doff, BinCells<A>* cells) {
-  const int64_t C = d.channels, GG = d.group_cells(), Ce = d.channels_each_class();
-  const A trans_std = A(d.trans_std);
-  const RoiInfo<A> roi = ResolveRoi<A, TR>(d, rois, r);
-  const T* image = features + roi.batch * d.plane_size();
-  A* gimage = gacc + roi.batch * d.plane_size();
-  const T* roi_off = RoiOffsets(d, offsets, r);
-  ForEachRoiBinClass(d, grad_output, r, doff, [&](int64_t ph, int64_t pw, int64_t cls,
-                                                  int64_t gidx, const T* gout, A* dcell) {
-    BuildBinCells(d, roi.geom, MakeBinOrigin(d, roi.geom, roi_off, ph, pw, cls), cells);
-    if (cells->nan) {  // no features gradient; a NaN offsets gradient
-      dcell[0] = dcell[1] = QuietNaN<A>();
-      return;
-    }
-    if (cells->kept == 0) return;
-    const A count = A(cells->kept);
-    for (int64_t j = 0; j < Ce; ++j) {
-      gd[j] = A(gout[cls * Ce + j]);
-      gs[j] = gd[j] / count;
-    }
-    const int64_t channel0 = cls * Ce * GG + gidx;
-    A gx = A(0), gy = A(0);
-    for (const PoolCell<A>& cell : cells->cells) {
-      const A e = GG == 1
-                      ? BackwardCell<true>(cell, image, C, channel0, GG, Ce, gd, gs, gimage)
-                      : BackwardCell<false>(cell, image, C, channel0, GG, Ce, gd, gs, gimage);
-      gx += cell.cx * e + (cell.cx_poison ? A(0) * e : A(0));
-      gy += cell.cy * e + (cell.cy_poison ? A(0) * e : A(0));
-    }
-    dcell[0] += gx / count * trans_std * roi.geom.roi_w;
-    dcell[1] += gy / count * trans_std * roi.geom.roi_h;
-  });
-}
-
-// Both gradients in one walk over the RoIs. The RoIs are cut into `copies` equal ranges, each
-// with a private float copy of the features gradient, summed in range order at the end; the
-// number of copies depends only on the sizes (as many as fit the workspace limit, at most 16),
-// so the results are the same whatever the thread count. Returns false (nothing done) when fewer
-// copies fit than there are threads (up to 4) to keep busy: the two-pass backward below then
-// runs instead.
-template <typename T, typename TR>
-bool FusedBackward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T* features,
-                   const TR* rois, const T* offsets, const T* grad_output, T* grad_features,
-                   T* grad_offsets) {
-  using A = typename AccumulatorType<T>::type;
-  constexpr int64_t kMaxCopies = 16;
-  const int64_t workspace = parallel.workspace_bytes;
-  const int64_t size = d.batch * d.plane_size();
-  const int64_t copies = std::min<int64_t>(
-      {kMaxCopies, d.num_rois, workspace / std::max<int64_t>(1, size * int64_t(sizeof(A)))});
-  if (copies < std::min<int64_t>(4, std::max(1, parallel.num_threads)) || copies < 1) {
-    return false;
+  if constexpr (!std::is_same_v<T, A>) {
+    ParallelShares(parallel, size, 1, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) grad_features[e] = T(gacc[e]);
+    });
   }
-  std::vector<A> storage(copies * size, A(0));
-  const int64_t cells = d.part_size * d.part_size * d.offset_channels();
-  const int64_t roi_cost =
-      Cost({double(d.bins()), double(d.num_classes), double(d.samples_per_bin()),
-            60.0 + 10.0 * double(d.channels_each_class())});
-  ParallelShares(parallel, copies, roi_cost * (d.num_rois / copies + 1), [&](int64_t k0, int64_t k1) {
-    std::vector<A> gd(d.channels_each_class()), gs(d.channels_each_class()), doff(cells);
-    BinCells<A> bin;
-    for (int64_t k = k0; k < k1; ++k) {
-      for (int64_t r = d.num_rois * k / copies; r < d.num_rois * (k + 1) / copies; ++r) {
-        std::fill(doff.begin(), doff.end(), A(0));
-        FusedRoiBackward<T, TR, A>(d, features, rois, offsets, grad_output, r,
-                                   storage.data() + k * size, gd.data(), gs.data(), doff.data(),
-                                   &bin);
-        if (d.use_offsets) {
-          T* dst = grad_offsets + r * cells;
-          for (int64_t e = 0; e < cells; ++e) dst[e] = T(doff[e]);
-        }
-      }
-    }
-  });
-  SumCopiesInOrder(parallel, storage.data(), copies, size, grad_features);
-  return true;
-}
-
-// Both gradients (see deform_psroi_pool_functor.h); grad_offsets only with offsets.
-template <typename T, typename TR>
-void Backward(const DeformPSRoIPoolDims& d, const CpuParallel& parallel, const T* features,
-              const TR* rois, const T* offsets, const T* grad_output, T* grad_features,
-              T* grad_offsets) {
-  if (d.num_rois > 0 && FusedBackward<T, TR>(d, parallel, features, rois, offsets, grad_output,
-                                             grad_features, grad_offsets)) {
-    return;
-  }
-  FeaturesGradient<T, TR>(d, parallel, rois, offsets, grad_output, grad_features);
-  if (!d.use_offsets || d.num_rois == 0) return;
-  OffsetsGradient<T, TR>(d, parallel, features, rois, offsets, grad_output, grad_offsets);
 }
 
 // Calls fn(T(), TR()) with the element type and the RoI type (float or double) named.
