@@ -167,6 +167,41 @@ def test_random_against_reference(case, modulated, dtype):
     np.testing.assert_allclose(got.numpy(), expected, rtol=tol, atol=tol)
 
 
+# The CPU forward pass has two paths: with at most 4 KiB of columns per output pixel (taps x
+# channels x accumulator size) each thread gathers and multiplies tiles that stay in its cache;
+# with more it gathers chunks of columns shared by all threads (many chunks with a small
+# TF_DCN_CPU_WORKSPACE_BYTES). Both against the reference, grouped, strided, modulated, biased.
+@pytest.mark.parametrize("c, dtype, workspace", [
+    (8, np.float32, None),       # 288 B per pixel: cached tiles
+    (8, np.float64, None),
+    (120, np.float32, None),     # 4320 B per pixel: chunks
+    (120, np.float32, 65536),    # chunks of 7 pixels
+    (64, np.float64, 65536),     # 4608 B per pixel
+    (120, np.float16, 65536),    # float32 accumulation: chunks
+])
+def test_forward_paths_against_reference(c, dtype, workspace, monkeypatch):
+    if workspace is None:
+        monkeypatch.delenv("TF_DCN_CPU_WORKSPACE_BYTES", raising=False)
+    else:
+        monkeypatch.setenv("TF_DCN_CPU_WORKSPACE_BYTES", str(workspace))
+    rng = np.random.default_rng(c)
+    x = _random((2, 9, 8, c), rng)
+    kernel = _random((3, 3, c // 2, 6), rng)
+    bias = _random((6,), rng)
+    offsets = _random((2, 5, 4, 2 * 2 * 9), rng, -2.5, 2.5)
+    mask = _random((2, 5, 4, 2 * 9), rng, 0.0, 1.0)
+    pads = _explicit_pads("same", 9, 8, 3, 3, (2, 2), (1, 1))
+    expected = ref.deform_conv2d(x, offsets, kernel, mask, bias, (2, 2), pads, (1, 1), 2, 2)
+    cast = lambda a: np.asarray(a, dtype)  # noqa: E731
+    got = tf_dcn.deform_conv2d(cast(x), cast(offsets), cast(kernel), mask=cast(mask),
+                               bias=cast(bias), strides=2, padding="same", groups=2,
+                               deformable_groups=2)
+    tol = {np.float64: 1e-12, np.float32: 2e-5, np.float16: 2e-2}[dtype]
+    scale = np.max(np.abs(expected))
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=tol,
+                               atol=tol * scale)
+
+
 # ------------------------------------------------------------------------------------------------
 # Gradients: tf.test.compute_gradient in float64, offsets integer + U(0.15, 0.85).
 # ------------------------------------------------------------------------------------------------
