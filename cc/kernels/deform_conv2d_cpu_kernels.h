@@ -8,8 +8,13 @@
 // per thread (ParallelShares); every output element has exactly one writer, no atomics are used,
 // and the results are bitwise reproducible for a given thread count and instruction set.
 //
-// Forward, chunk by chunk (about 8-16 MiB of columns, PlanChunks): GatherTiles, then
-// output = bias + col * kernel in row/column blocks (ForEachProductBlock, cpu_parallel_product.h).
+// Forward, in one of two ways:
+//   cached tiles  when one output pixel's columns take at most 4 KiB (few channels): every unit
+//                 gathers tiles of up to 512 KiB of columns, in its own cache, and multiplies
+//                 each at once (ForwardInCachedTiles);
+//   chunks        otherwise, chunk by chunk (about 8-16 MiB of columns, PlanChunks): GatherTiles,
+//                 then output = bias + col * kernel in row/column blocks (ForEachProductBlock,
+//                 cpu_parallel_product.h).
 //
 // Backward (BackwardPass), in one of two modes chosen from the sizes (Prepare):
 //   image mode   when the units' private buffers fit the workspace limit (32 MiB): units own
