@@ -291,10 +291,13 @@ def test_pooling_rank_errors_are_keras_input_spec_errors():
     feats = _x((1, 12, 12, 4))
     with pytest.raises(ValueError, match=_incompatible(0, "features", "ndim=4, found ndim=3")):
         DeformableRoIPooling(3)([_x((12, 12, 4)), ROIS])
-    with pytest.raises(ValueError, match=_incompatible(1, "rois", "ndim=2, found ndim=1")):
+    # The boxes input is rois [R, 5] or per-image boxes [N, K, 4] (tests/test_roi_boxes.py).
+    with pytest.raises(ValueError, match=_incompatible(1, "rois", "min_ndim=2, found ndim=1")):
         DeformableRoIPooling(3)([feats, ROIS[0]])
-    with pytest.raises(ValueError, match=_incompatible(
-            1, "rois", "axis -1 of input shape to have value 5")):
+    with pytest.raises(ValueError, match=_incompatible(1, "rois", "max_ndim=3, found ndim=4")):
+        DeformableRoIPooling(3)([feats, ROIS[None, None]])
+    with pytest.raises(ValueError, match=re.escape(
+            "the boxes input must be rois [R, 5] or boxes [N, K, 4], got shape (2, 4)")):
         DeformableRoIPooling(3)([feats, ROIS[:, :4]])
     with pytest.raises(ValueError, match=_incompatible(0, "score_maps", "ndim=4, found ndim=3")):
         # This reached tf.nn.conv2d with a rank-3 input, which aborts the process on CPU.
@@ -309,7 +312,8 @@ def test_pooling_rank_errors_are_keras_input_spec_errors():
 def test_pooling_channel_errors_once_built():
     roi = DeformableRoIPooling(3, spatial_scale=1.0)
     roi([_x((1, 12, 12, 4)), ROIS])
-    assert roi.input_spec[0].axes == {-1: 4} and roi.input_spec[1].axes == {-1: 5}
+    assert roi.input_spec[0].axes == {-1: 4}
+    assert (roi.input_spec[1].min_ndim, roi.input_spec[1].max_ndim) == (2, 3)
     with pytest.raises(ValueError, match=_incompatible(
             0, "features", "axis -1 of input shape to have value 4")):
         roi([_x((1, 12, 12, 6)), ROIS])
@@ -343,11 +347,14 @@ def test_pooling_input_structure_errors():
 def test_pooling_compute_output_shape_validates():
     roi = DeformableRoIPooling(3)
     assert roi.compute_output_shape([(None, None, None, 8), (None, 5)]) == (None, 3, 3, 8)
-    with pytest.raises(ValueError, match=re.escape("rois must be [R, 5], got shape (7, 4)")):
+    with pytest.raises(ValueError, match=re.escape(
+            "must be rois [R, 5] or boxes [N, K, 4], got shape (7, 4)")):
         roi.compute_output_shape([(1, 8, 8, 4), (7, 4)])
+    assert roi.compute_output_shape([(2, 8, 8, 4), (2, 7, 4)]) == (2, 7, 3, 3, 4)
     with pytest.raises(ValueError, match=re.escape("expected a 4-D features [N, H, W, C]")):
         roi.compute_output_shape([(8, 8, 4), (7, 5)])
-    with pytest.raises(ValueError, match=re.escape("expected a 2-D rois [R, 5]")):
+    with pytest.raises(ValueError, match=re.escape(
+            "must be rois [R, 5] or boxes [N, K, 4], got shape (5,)")):
         roi.build([(1, 8, 8, 4), (5,)])
     ps = DeformablePSRoIPooling(2, 3)
     assert ps.compute_output_shape([(1, 8, 8, 18), (7, 5), (1, 8, 8, 3)]) == (7, 3, 3, 2)

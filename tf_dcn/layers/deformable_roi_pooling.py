@@ -8,6 +8,7 @@ import tensorflow as tf
 from tf_dcn import composite
 from tf_dcn._arguments import check_rank, positive_int
 from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool
+from tf_dcn.layers import _boxes
 from tf_dcn.layers._implementation import ImplementationSwitch
 from tf_dcn.layers._input_structure import InputSpecPerStructure, list_length
 
@@ -20,14 +21,18 @@ def _non_negative(value, name: str) -> float:
 
 
 class _RoIPoolingBase(ImplementationSwitch, InputSpecPerStructure, keras.layers.Layer):
-    """Shared behaviour: XLA only with the composite implementation, rois kept in float32,
-    features cast to the compute dtype, inputs checked by ``input_spec`` (ranks; rois ``[R, 5]``;
-    the channels the weights were built for) and by ``compute_output_shape``."""
+    """Shared behaviour: XLA only with the composite implementation, boxes kept in float32,
+    features cast to the compute dtype, inputs checked by ``input_spec`` (ranks; rois ``[R, 5]``
+    or boxes ``[N, K, 4]``; the channels the weights were built for) and by
+    ``compute_output_shape``. The boxes input may be ``rois [R, 5]`` (one row per RoI with its
+    batch index) or per-image ``boxes [N, K, 4]`` in ``bounding_box_format`` (see
+    :mod:`tf_dcn.layers._boxes`), which give ``[N, K, ...]`` outputs."""
 
     #: ``(name, rank, layout)`` of each input, in order; the inputs past the second are optional.
     _INPUTS: tuple[tuple[str, int, str], ...] = ()
 
-    def __init__(self, implementation: str = "op", **kwargs):
+    def __init__(self, implementation: str = "op", bounding_box_format: str = "xyxy",
+                 image_size=None, **kwargs):
         # Box coordinates must not be autocast to float16 under mixed precision: the layer casts
         # the features and weights itself and passes rois through unchanged (float32).
         kwargs["autocast"] = False
@@ -36,6 +41,11 @@ class _RoIPoolingBase(ImplementationSwitch, InputSpecPerStructure, keras.layers.
         self.implementation = implementation
         # Channels of the input the offset branch reads (features or offset features), once built.
         self._branch_channels: int | None = None
+        self.bounding_box_format = _boxes.check_box_format(bounding_box_format)
+        self.image_size = None if image_size is None else tuple(
+            positive_int(v, "image_size") for v in image_size)
+        if self.image_size is not None and len(self.image_size) != 2:
+            raise ValueError(f"image_size must be (height, width), got image_size={image_size!r}")
 
     def _psroi_pool(self, *args, **kwargs):
         if self._implementation == "composite":
@@ -74,28 +84,73 @@ class _RoIPoolingBase(ImplementationSwitch, InputSpecPerStructure, keras.layers.
         self._check_count(count)
         specs = []
         for index, (name, rank, _) in enumerate(self._INPUTS[:count]):
-            axes = {-1: 5} if name == "rois" else None
+            if name == "rois":  # rois [R, 5] or boxes [N, K, 4]: _as_rois checks the last axis
+                specs.append(keras.layers.InputSpec(min_ndim=2, max_ndim=3, name=name))
+                continue
+            axes = None
             if index == self._branch_input_index(count) and self._branch_channels is not None:
                 axes = {-1: self._branch_channels}
             specs.append(keras.layers.InputSpec(ndim=rank, axes=axes, name=name))
         return specs
 
     def _check_shapes(self, input_shape) -> list[tuple]:
-        """The input shapes as tuples; ValueError for a wrong rank or rois not ``[R, 5]``.
-        (Called through the layer, Keras' input_spec has checked the same already.)"""
+        """The input shapes as tuples; ValueError for a wrong rank, rois not ``[R, 5]`` or boxes
+        not ``[N, K, 4]``. (Called through the layer, Keras' input_spec has checked the same
+        already.)"""
         shapes = [tuple(shape) for shape in self._split(input_shape)]
         for (name, rank, layout), shape in zip(self._INPUTS, shapes):
+            if name == "rois":
+                continue
             if len(shape) != rank:
                 raise ValueError(
                     f"{self.name}: expected a {rank}-D {name} {layout}, got shape {shape}")
-        if shapes[1][-1] not in (None, 5):
-            raise ValueError(f"{self.name}: rois must be [R, 5], got shape {shapes[1]}")
+        boxes = shapes[1]
+        if not ((len(boxes) == 2 and boxes[-1] in (None, 5))
+                or (len(boxes) == 3 and boxes[-1] in (None, 4))):
+            raise ValueError(f"{self.name}: the boxes input must be rois [R, 5] or boxes "
+                             f"[N, K, 4], got shape {boxes}")
+        if len(boxes) == 3 and None not in (shapes[0][0], boxes[0]) and shapes[0][0] != boxes[0]:
+            raise ValueError(f"{self.name}: boxes [N, K, 4] must have the features' batch size "
+                             f"{shapes[0][0]}, got shape {boxes}")
         return shapes
+
+    def _pooled_shape(self, features_shape, boxes_shape, tail) -> tuple:
+        """``(R,) + tail`` for rois ``[R, 5]``, ``(N, K) + tail`` for boxes ``[N, K, 4]``."""
+        if len(boxes_shape) == 3:
+            return (boxes_shape[0], boxes_shape[1]) + tuple(tail)
+        return (boxes_shape[0],) + tuple(tail)
+
+    def _as_rois(self, features, boxes):
+        """``(rois [R, 5], finish)``: the boxes input as rois, and the function that turns the
+        pooled ``[R, ...]`` into the layer's output (``[N, K, ...]`` with zeros for padding
+        boxes, for boxes ``[N, K, 4]``; unchanged for rois)."""
+        boxes = tf.convert_to_tensor(boxes)
+        self._check_shapes([features.shape, boxes.shape])
+        if boxes.shape.rank != 3:
+            return boxes, lambda pooled: pooled
+        if self.image_size is not None:
+            height, width = self.image_size
+        elif self.bounding_box_format.startswith("rel_"):
+            if self.spatial_scale == 0.0:
+                raise ValueError(f"{self.name}: relative boxes need image_size or a positive "
+                                 "spatial_scale")
+            shape = tf.shape(features)
+            height = tf.cast(shape[1], tf.float32) / self.spatial_scale
+            width = tf.cast(shape[2], tf.float32) / self.spatial_scale
+        else:
+            height = width = 1.0  # unused by the absolute formats
+        rois, padding = _boxes.boxes_to_rois(boxes, self.bounding_box_format, height, width)
+        batch, count = tf.shape(boxes)[0], tf.shape(boxes)[1]
+        return rois, lambda pooled: _boxes.pooled_per_image(pooled, padding, batch, count)
 
     def _finish_build(self, shapes: list[tuple]) -> None:
         """Records the channels the weights were built for, for ``input_spec``."""
         self._branch_channels = shapes[self._branch_input_index(len(shapes))][-1]
         self.input_spec = self._input_spec_for(len(shapes))
+
+    def _boxes_config(self) -> dict:
+        return {"bounding_box_format": self.bounding_box_format,
+                "image_size": None if self.image_size is None else list(self.image_size)}
 
     def _features(self, t):
         return tf.cast(t, self.compute_dtype)
@@ -126,14 +181,23 @@ class DeformableRoIPooling(_RoIPoolingBase):
             :func:`tf_dcn.export_portable`; ``supports_jit`` is then True). Same weights and
             results; settable later through the ``implementation`` attribute or
             :func:`tf_dcn.use_implementation`.
+        bounding_box_format: format of per-image boxes ``[N, K, 4]`` (``keras.utils.
+            bounding_boxes`` names: ``"xyxy"`` (default), ``"yxyx"``, ``"xywh"``,
+            ``"center_xywh"``, ``"center_yxhw"`` in input-image pixels, and their ``"rel_"``
+            forms, fractions of the image size). Not used with rois ``[R, 5]``.
+        image_size: ``(height, width)`` of the input image, for relative formats; by default
+            the features' size divided by ``spatial_scale``.
         **kwargs: base layer arguments.
 
     Input shape:
         ``[features, rois]``: ``features [N, H, W, C]``; ``rois [R, 5]`` rows
-        ``(batch_index, x1, y1, x2, y2)`` in input-image pixels.
+        ``(batch_index, x1, y1, x2, y2)`` in input-image pixels, or per-image ``boxes
+        [N, K, 4]`` in ``bounding_box_format``, padded with boxes of four -1 (the form
+        ``model.fit`` slices consistently with the images).
 
     Output shape:
-        ``[R, pooled_size, pooled_size, C]``.
+        ``[R, pooled_size, pooled_size, C]``, or ``[N, K, pooled_size, pooled_size, C]`` for
+        boxes (zeros, and no gradient, for padding boxes).
 
     Example:
         >>> feats = keras.Input((None, None, 256))
@@ -146,8 +210,10 @@ class DeformableRoIPooling(_RoIPoolingBase):
     def __init__(self, pooled_size: int = 7, spatial_scale: float = 1.0 / 16,
                  sample_per_part: int = 4, trans_std: float = 0.1,
                  offset_kernel_initializer="zeros", offset_bias_initializer="zeros",
-                 implementation: str = "op", **kwargs):
-        super().__init__(implementation=implementation, **kwargs)
+                 implementation: str = "op", bounding_box_format: str = "xyxy",
+                 image_size=None, **kwargs):
+        super().__init__(implementation=implementation, bounding_box_format=bounding_box_format,
+                         image_size=image_size, **kwargs)
         self.pooled_size = positive_int(pooled_size, "pooled_size")
         self.spatial_scale = _non_negative(spatial_scale, "spatial_scale")
         self.sample_per_part = positive_int(sample_per_part, "sample_per_part")
@@ -169,10 +235,11 @@ class DeformableRoIPooling(_RoIPoolingBase):
         self._finish_build(shapes)
 
     def compute_output_shape(self, input_shape):
-        """``(R, pooled_size, pooled_size, C)``; validates the number and ranks of the inputs
-        and the rois' last dimension (5)."""
+        """``(R, pooled_size, pooled_size, C)`` (``(N, K, ...)`` for boxes ``[N, K, 4]``);
+        validates the number and ranks of the inputs and the boxes' last dimension."""
         features_shape, rois_shape = self._check_shapes(input_shape)
-        return (rois_shape[0], self.pooled_size, self.pooled_size, features_shape[-1])
+        return self._pooled_shape(features_shape, rois_shape,
+                                  (self.pooled_size, self.pooled_size, features_shape[-1]))
 
     def _pool(self, features, rois, offsets):
         return self._roi_pool(features, rois, offsets, pooled_size=self.pooled_size,
@@ -189,9 +256,10 @@ class DeformableRoIPooling(_RoIPoolingBase):
         return tf.reshape(offsets, [-1, k, k, 2])
 
     def call(self, inputs):
-        features, rois = self._split(inputs)
+        features, boxes = self._split(inputs)
         features = self._features(features)
-        return self._pool(features, rois, self.predict_offsets(features, rois))
+        rois, finish = self._as_rois(features, boxes)
+        return finish(self._pool(features, rois, self.predict_offsets(features, rois)))
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -204,6 +272,7 @@ class DeformableRoIPooling(_RoIPoolingBase):
                 self.offset_kernel_initializer),
             "offset_bias_initializer": keras.initializers.serialize(self.offset_bias_initializer),
             "implementation": self._implementation,
+            **self._boxes_config(),
         })
         return config
 
@@ -234,15 +303,23 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
             :func:`tf_dcn.export_portable`; ``supports_jit`` is then True). Same weights and
             results; settable later through the ``implementation`` attribute or
             :func:`tf_dcn.use_implementation`.
+        bounding_box_format: format of per-image boxes ``[N, K, 4]`` (``keras.utils.
+            bounding_boxes`` names: ``"xyxy"`` (default), ``"yxyx"``, ``"xywh"``,
+            ``"center_xywh"``, ``"center_yxhw"`` in input-image pixels, and their ``"rel_"``
+            forms, fractions of the image size). Not used with rois ``[R, 5]``.
+        image_size: ``(height, width)`` of the input image, for relative formats; by default
+            the features' size divided by ``spatial_scale``.
         **kwargs: base layer arguments.
 
     Input shape:
         ``[score_maps, rois]`` or ``[score_maps, rois, offset_features]``: ``score_maps
-        [N, H, W, output_dim*group_size**2]``, ``rois [R, 5]`` (``batch_index, x1, y1, x2, y2``),
+        [N, H, W, output_dim*group_size**2]``, ``rois [R, 5]`` (``batch_index, x1, y1, x2, y2``)
+        or per-image ``boxes [N, K, 4]`` in ``bounding_box_format`` (padding boxes all -1),
         ``offset_features [N, H, W, Cf]``.
 
     Output shape:
-        ``[R, pooled_size, pooled_size, output_dim]``.
+        ``[R, pooled_size, pooled_size, output_dim]``, or ``[N, K, pooled_size, pooled_size,
+        output_dim]`` for boxes (zeros, and no gradient, for padding boxes).
     """
 
     _INPUTS = (("score_maps", 4, "[N, H, W, output_dim*group_size**2]"), ("rois", 2, "[R, 5]"),
@@ -252,8 +329,10 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
                  part_size: int | None = None, sample_per_part: int = 4, trans_std: float = 0.1,
                  spatial_scale: float = 1.0 / 16, class_aware_offsets: bool = False,
                  offset_kernel_initializer="zeros", offset_bias_initializer="zeros",
-                 implementation: str = "op", **kwargs):
-        super().__init__(implementation=implementation, **kwargs)
+                 implementation: str = "op", bounding_box_format: str = "xyxy",
+                 image_size=None, **kwargs):
+        super().__init__(implementation=implementation, bounding_box_format=bounding_box_format,
+                         image_size=image_size, **kwargs)
         self.output_dim = positive_int(output_dim, "output_dim")
         self.group_size = positive_int(group_size, "group_size")
         self.pooled_size = positive_int(pooled_size if pooled_size is not None else group_size,
@@ -310,7 +389,8 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
                 f"{self.name}: score_maps must have output_dim * group_size**2 = {expected} "
                 f"channels, got shape {shapes[0]}"
             )
-        return (shapes[1][0], self.pooled_size, self.pooled_size, self.output_dim)
+        return self._pooled_shape(shapes[0], shapes[1],
+                                  (self.pooled_size, self.pooled_size, self.output_dim))
 
     def predict_offsets(self, offset_features, rois):
         """Normalised offsets ``[R, part_size, part_size, 2*num_offset_classes]`` (x before y)."""
@@ -325,14 +405,15 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
 
     def call(self, inputs):
         inputs = self._split(inputs)
-        score_maps, rois = self._features(inputs[0]), inputs[1]
+        score_maps = self._features(inputs[0])
+        rois, finish = self._as_rois(score_maps, inputs[1])
         offset_features = inputs[2] if len(inputs) == 3 else score_maps
         offsets = self.predict_offsets(offset_features, rois)
-        return self._psroi_pool(
+        return finish(self._psroi_pool(
             score_maps, rois, offsets, output_dim=self.output_dim, group_size=self.group_size,
             pooled_size=self.pooled_size, part_size=self.part_size,
             sample_per_part=self.sample_per_part, trans_std=self.trans_std,
-            spatial_scale=self.spatial_scale)
+            spatial_scale=self.spatial_scale))
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -349,5 +430,6 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
                 self.offset_kernel_initializer),
             "offset_bias_initializer": keras.initializers.serialize(self.offset_bias_initializer),
             "implementation": self._implementation,
+            **self._boxes_config(),
         })
         return config
