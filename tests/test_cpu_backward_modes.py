@@ -44,6 +44,22 @@ cases = {
     "batch": ((3, 9, 10, 6), (3, 2, 6, 5), 1, 3, 2),
 }
 results = {}
+
+
+def record(key, compute):
+    """results[key|mode] = compute() in every workspace mode, and whether a second call gave
+    the same bits."""
+    for mode, workspace in workspaces.items():
+        if workspace is None:
+            os.environ.pop("TF_DCN_CPU_WORKSPACE_BYTES", None)
+        else:
+            os.environ["TF_DCN_CPU_WORKSPACE_BYTES"] = str(workspace)
+        runs = [compute(), compute()]
+        results[f"{key}|{mode}"] = runs[0]
+        results[f"{key}|{mode}|same_again"] = all(a.tobytes() == b.tobytes()
+                                                 for a, b in zip(*runs))
+
+
 for name, (xs, ks, groups, dgroups, stride) in cases.items():
     n, h, w, c = xs
     ho, wo = (h + stride - 1) // stride, (w + stride - 1) // stride
@@ -55,25 +71,18 @@ for name, (xs, ks, groups, dgroups, stride) in cases.items():
     upstream = rng.uniform(-1, 1, (n, ho, wo, ks[3]))
     for dtype in ("float64", "float32", "float16"):
         tensors = [tf.constant(a.astype(dtype)) for a in (x, offsets, kernel, mask)]
-        for mode, workspace in workspaces.items():
-            if workspace is None:
-                os.environ.pop("TF_DCN_CPU_WORKSPACE_BYTES", None)
-            else:
-                os.environ["TF_DCN_CPU_WORKSPACE_BYTES"] = str(workspace)
-            runs = []
-            for _ in range(2):
-                with tf.GradientTape() as tape:
-                    tape.watch(tensors)
-                    y = tf_dcn.deform_conv2d(*tensors[:3], mask=tensors[3], strides=stride,
-                                             padding="same", groups=groups,
-                                             deformable_groups=dgroups)
-                grads = tape.gradient(y, tensors, output_gradients=tf.constant(
-                    upstream.astype(dtype)))
-                runs.append([y.numpy()] + [g.numpy() for g in grads])
-            key = f"{name}|{dtype}|{mode}"
-            results[key] = runs[0]
-            results[key + "|same_again"] = all(a.tobytes() == b.tobytes()
-                                              for a, b in zip(*runs))
+
+        def conv():
+            with tf.GradientTape() as tape:
+                tape.watch(tensors)
+                y = tf_dcn.deform_conv2d(*tensors[:3], mask=tensors[3], strides=stride,
+                                         padding="same", groups=groups, deformable_groups=dgroups)
+            grads = tape.gradient(y, tensors, output_gradients=tf.constant(
+                upstream.astype(dtype)))
+            return [y.numpy()] + [g.numpy() for g in grads]
+
+        record(f"{name}|{dtype}", conv)
+
 # Pooling: deformable PS-RoI pooling (owners are position-sensitive groups) and deformable RoI
 # pooling with 130 channels (owners are channel blocks, the last one partial).
 pool_features = rng.uniform(-1, 1, (2, 14, 12, 130))
@@ -90,23 +99,17 @@ for name, (pool, kw, feats) in pool_cases.items():
     upstream = rng.uniform(-1, 1, (9, 3, 3, kw.get("output_dim", feats.shape[-1])))
     for dtype in ("float64", "float32", "float16"):
         f, o = tf.constant(feats.astype(dtype)), tf.constant(pool_offsets.astype(dtype))
-        for mode, workspace in workspaces.items():
-            if workspace is None:
-                os.environ.pop("TF_DCN_CPU_WORKSPACE_BYTES", None)
-            else:
-                os.environ["TF_DCN_CPU_WORKSPACE_BYTES"] = str(workspace)
-            runs = []
-            for _ in range(2):
-                with tf.GradientTape() as tape:
-                    tape.watch([f, o])
-                    y = pool(f, pool_rois, o, pooled_size=3, sample_per_part=3, trans_std=0.1,
-                             spatial_scale=0.5, **kw)
-                grads = tape.gradient(y, [f, o], tf.constant(upstream.astype(dtype)))
-                runs.append([y.numpy()] + [g.numpy() for g in grads])
-            key = f"{name}|{dtype}|{mode}"
-            results[key] = runs[0]
-            results[key + "|same_again"] = all(a.tobytes() == b.tobytes()
-                                              for a, b in zip(*runs))
+
+        def pool_grads():
+            with tf.GradientTape() as tape:
+                tape.watch([f, o])
+                y = pool(f, pool_rois, o, pooled_size=3, sample_per_part=3, trans_std=0.1,
+                         spatial_scale=0.5, **kw)
+            grads = tape.gradient(y, [f, o], tf.constant(upstream.astype(dtype)))
+            return [y.numpy()] + [g.numpy() for g in grads]
+
+        record(f"{name}|{dtype}", pool_grads)
+
 arrays = {}
 for key, value in results.items():
     if isinstance(value, list):
