@@ -710,3 +710,46 @@ def test_backward_in_chunks_of_rois_agrees(monkeypatch):
     for a, b in zip(one_chunk, chunked):
         assert np.any(b != 0)
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("group_size, output_dim", [(1, 4), (2, 3)], ids=["roi", "psroi"])
+def test_non_finite_features_match_the_reference(group_size, output_dim):
+    """Inf and NaN feature values. The CPU backward adds each bin's corner weights per pixel
+    before it visits the channels; its "poison" flags keep NaN wherever sample-by-sample
+    arithmetic (the NumPy reference) multiplies a non-finite value by a zero weight or adds
+    terms of both signs. Box corners on the pixel grid put samples exactly on pixel rows and
+    columns, where floor and ceil corners coincide and weights are zero. Outputs and both
+    gradients agree with the reference, NaNs in the same places."""
+    rng = np.random.default_rng(17)
+    channels = output_dim * group_size ** 2
+    features = rng.normal(size=(2, 10, 10, channels))
+    features[0, 3, 4, :] = np.inf
+    features[0, 6, 2, 0] = -np.inf
+    features[0, 4, 5, 1] = -np.inf
+    features[1, 5, 5, channels - 1] = np.nan
+    rois = np.array([[0, 4, 4, 12, 12], [0, 2, 6, 15, 14], [1, 6, 6, 14, 14],
+                     [1, 0, 0, 19, 19], [0, 8.5, 4.5, 10.5, 8.5], [0, 12, 0, 19, 9]])
+    offsets = rng.normal(0, 0.3, size=(6, 2, 2, 2))
+    offsets[0] = 0.0
+    upstream = rng.choice([-1.0, 1.0, 0.5], size=(6, 2, 2, output_dim))
+    # trans_std and spatial_scale exact in the ops' float attributes.
+    kw = dict(output_dim=output_dim, group_size=group_size, pooled_size=2, sample_per_part=3,
+              trans_std=0.125, spatial_scale=0.5)
+    f, o = tf.constant(features), tf.constant(offsets)
+    with tf.GradientTape() as tape:
+        tape.watch([f, o])
+        out = tf_dcn.deform_psroi_pool(f, tf.constant(rois), o, **kw)
+    grads = tape.gradient(out, [f, o], tf.constant(upstream))
+    with np.errstate(invalid="ignore"):  # Inf - Inf and 0 * Inf in the reference, as intended
+        expected = ref.deform_psroi_pool_ref(features, rois, offsets, **kw)[0]
+        expected_grads = ref.deform_psroi_pool_grad_ref(features, rois, offsets, upstream, **kw)
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    assert np.isnan(expected_grads[1]).any() and np.isfinite(expected_grads[1]).any()
+    for got, want, what in zip([out] + grads, (expected,) + tuple(expected_grads),
+                               ["output", "d features", "d offsets"]):
+        got = got.numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN")
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=f"{what}: Inf")
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-10, atol=1e-10,
+                                   err_msg=what)
