@@ -685,7 +685,7 @@ def test_shape_function_infers_shapes():
 
 def test_backward_in_chunks_of_rois_agrees(monkeypatch):
     """The backward pass runs in chunks of RoIs sized to the workspace limit
-    (TF_DCN_CPU_WORKSPACE_BYTES): one chunk of all 12 RoIs and chunks of 11 compute the same
+    (TF_DCN_CPU_WORKSPACE_BYTES): one chunk of all 12 RoIs and chunks of 10 compute the same
     gradients, up to rounding."""
     rng = np.random.default_rng(11)
     features = tf.constant(rng.uniform(-1, 1, (2, 16, 16, 2 * 2 * 8)))
@@ -704,7 +704,8 @@ def test_backward_in_chunks_of_rois_agrees(monkeypatch):
 
     monkeypatch.delenv("TF_DCN_CPU_WORKSPACE_BYTES", raising=False)
     one_chunk = grads()
-    # One RoI's worst case (4 bins of 4*9 cells of 40 bytes and their sums) is 5888 bytes.
+    # One RoI's worst case (4 bins of 4*9 cells of 40 bytes, their sums, its geometry) is
+    # 5968 bytes.
     monkeypatch.setenv("TF_DCN_CPU_WORKSPACE_BYTES", "65536")
     chunked = grads()
     for a, b in zip(one_chunk, chunked):

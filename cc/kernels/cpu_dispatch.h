@@ -19,14 +19,14 @@
 
 namespace tf_dcn {
 
-// Runs fn(begin, end) over [0, total) on the op's intra-op thread pool; `cost` is the estimated
-// cost of one unit (as for TensorFlow's ThreadPool::ParallelFor).
 // The CPU kernels' temporary memory limit: 32 MiB unless TF_DCN_CPU_WORKSPACE_BYTES sets it (an
 // integer number of bytes, at least kMinCpuWorkspaceBytes; the tests set it low to run many chunks
 // on small inputs).
 constexpr int64_t kDefaultCpuWorkspaceBytes = int64_t(32) << 20;
 constexpr int64_t kMinCpuWorkspaceBytes = int64_t(64) << 10;
 
+// Runs fn(begin, end) over [0, total) on the op's intra-op thread pool; `cost` is the estimated
+// cost of one unit (as for TensorFlow's ThreadPool::ParallelFor).
 struct CpuParallel {
   std::function<void(int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn)>
       parallel_for;

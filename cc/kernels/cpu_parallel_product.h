@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "Eigen/Core"
 #include "cc/kernels/cpu_dispatch.h"

@@ -39,8 +39,6 @@
 #endif
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>

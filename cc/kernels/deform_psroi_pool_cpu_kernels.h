@@ -409,7 +409,8 @@ class PoolBackwardChunks {
     // Worst case of one RoI: every kept sample with four distinct corners.
     const int64_t roi_bytes =
         pairs_ * (max_cells_ * int64_t(sizeof(PoolCell<A>)) + int64_t(sizeof(CachedBin)) +
-                  owners_.slots * 2 * int64_t(sizeof(A)));
+                  owners_.slots * 2 * int64_t(sizeof(A))) +
+        int64_t(sizeof(RoiInfo<A>));
     // With channel-block owners every owner reads the chunk's cells again: a chunk that stays
     // in the last-level cache is read from there.
     constexpr int64_t kCachedChunkBytes = int64_t(8) << 20;
@@ -419,6 +420,7 @@ class PoolBackwardChunks {
     // Left uninitialised: phase 1 writes what the later phases read.
     cells_.reset(new PoolCell<A>[chunk_ * pairs_ * max_cells_]);
     bins_.resize(chunk_ * pairs_);
+    roi_info_.resize(chunk_);
     partial_.resize(owners_.slots * chunk_ * pairs_ * 2);
   }
 
@@ -440,16 +442,17 @@ class PoolBackwardChunks {
       if (!d_.use_offsets) continue;
       ParallelShares(parallel_, rn, Cost({double(pairs_), double(owners_.slots), 4.0}),
                      [&](int64_t i0, int64_t i1) {
-                       for (int64_t i = i0; i < i1; ++i) FinishOffsets(r0, rn, i);
+                       for (int64_t i = i0; i < i1; ++i) FinishOffsets(r0, i);
                      });
     }
   }
 
  private:
-  // Phase 1: the cells of RoI r0 + i.
+  // Phase 1: the geometry and the cells of RoI r0 + i.
   void CacheRoi(int64_t r0, int64_t i, BinCells<A>* scratch) {
     const int64_t P = d_.pooled_size, K = d_.num_classes;
-    const RoiInfo<A> roi = ResolveRoi<A, TR>(d_, rois_, r0 + i);
+    roi_info_[i] = ResolveRoi<A, TR>(d_, rois_, r0 + i);
+    const RoiInfo<A>& roi = roi_info_[i];
     const T* roi_off = RoiOffsets(d_, offsets_, r0 + i);
     // The RoI's cells are packed, one (bin, class) after the other, in its part of the store.
     int64_t next = i * pairs_ * max_cells_;
@@ -476,7 +479,7 @@ class PoolBackwardChunks {
     const int64_t slot = owners_.by_group ? 0 : u;
     for (int64_t i = 0; i < rn; ++i) {
       const int64_t r = r0 + i;
-      const int64_t batch = ResolveRoi<A, TR>(d_, rois_, r).batch;
+      const int64_t batch = roi_info_[i].batch;
       const T* image = features_ + batch * d_.plane_size();
       A* gimage = gacc_ + batch * d_.plane_size();
       for (int64_t ph = 0; ph < P; ++ph) {
@@ -523,11 +526,11 @@ class PoolBackwardChunks {
 
   // Phase 3: grad_offsets of RoI r0 + i ([part, part, 2*num_classes]); several bins may add into
   // one part cell.
-  void FinishOffsets(int64_t r0, int64_t rn, int64_t i) {
+  void FinishOffsets(int64_t r0, int64_t i) {
     const int64_t P = d_.pooled_size, K = d_.num_classes;
     const int64_t cells = d_.part_size * d_.part_size * d_.offset_channels();
     const A trans_std = A(d_.trans_std);
-    const RoiInfo<A> roi = ResolveRoi<A, TR>(d_, rois_, r0 + i);
+    const RoiInfo<A>& roi = roi_info_[i];
     std::vector<A> doff(cells, A(0));
     for (int64_t ph = 0; ph < P; ++ph) {
       for (int64_t pw = 0; pw < P; ++pw) {
@@ -556,7 +559,6 @@ class PoolBackwardChunks {
     }
     T* dst = grad_offsets_ + (r0 + i) * cells;
     for (int64_t e = 0; e < cells; ++e) dst[e] = T(doff[e]);
-    (void)rn;
   }
 
   const DeformPSRoIPoolDims& d_;
@@ -573,6 +575,7 @@ class PoolBackwardChunks {
   int64_t chunk_;            // RoIs per chunk
   std::unique_ptr<PoolCell<A>[]> cells_;
   std::vector<CachedBin> bins_;
+  std::vector<RoiInfo<A>> roi_info_;  // of the chunk's RoIs, from phase 1
   std::vector<A> partial_;
 };
 
