@@ -134,6 +134,8 @@ def test_bad_arguments_are_value_errors():
         DeformablePSRoIPooling(output_dim=2, image_size=(10,))
     with pytest.raises(ValueError, match="image_size"):
         DeformablePSRoIPooling(output_dim=2, image_size=(10, 0))
+    with pytest.raises(ValueError, match="image_size"):
+        DeformablePSRoIPooling(output_dim=2, image_size=64)
     layer = DeformableRoIPooling(pooled_size=2)
     with pytest.raises(ValueError, match=r"\[N, K, 4\]"):
         layer.compute_output_shape([(2, 8, 8, 3), (2, 5, 5)])

@@ -42,10 +42,11 @@ class _RoIPoolingBase(ImplementationSwitch, InputSpecPerStructure, keras.layers.
         # Channels of the input the offset branch reads (features or offset features), once built.
         self._branch_channels: int | None = None
         self.bounding_box_format = _boxes.check_box_format(bounding_box_format)
+        if image_size is not None and (not isinstance(image_size, (list, tuple))
+                                       or len(image_size) != 2):
+            raise ValueError(f"image_size must be (height, width), got image_size={image_size!r}")
         self.image_size = None if image_size is None else tuple(
             positive_int(v, "image_size") for v in image_size)
-        if self.image_size is not None and len(self.image_size) != 2:
-            raise ValueError(f"image_size must be (height, width), got image_size={image_size!r}")
 
     def _psroi_pool(self, *args, **kwargs):
         if self._implementation == "composite":
@@ -114,7 +115,7 @@ class _RoIPoolingBase(ImplementationSwitch, InputSpecPerStructure, keras.layers.
                              f"{shapes[0][0]}, got shape {boxes}")
         return shapes
 
-    def _pooled_shape(self, features_shape, boxes_shape, tail) -> tuple:
+    def _pooled_shape(self, boxes_shape, tail) -> tuple:
         """``(R,) + tail`` for rois ``[R, 5]``, ``(N, K) + tail`` for boxes ``[N, K, 4]``."""
         if len(boxes_shape) == 3:
             return (boxes_shape[0], boxes_shape[1]) + tuple(tail)
@@ -238,7 +239,7 @@ class DeformableRoIPooling(_RoIPoolingBase):
         """``(R, pooled_size, pooled_size, C)`` (``(N, K, ...)`` for boxes ``[N, K, 4]``);
         validates the number and ranks of the inputs and the boxes' last dimension."""
         features_shape, rois_shape = self._check_shapes(input_shape)
-        return self._pooled_shape(features_shape, rois_shape,
+        return self._pooled_shape(rois_shape,
                                   (self.pooled_size, self.pooled_size, features_shape[-1]))
 
     def _pool(self, features, rois, offsets):
@@ -389,7 +390,7 @@ class DeformablePSRoIPooling(_RoIPoolingBase):
                 f"{self.name}: score_maps must have output_dim * group_size**2 = {expected} "
                 f"channels, got shape {shapes[0]}"
             )
-        return self._pooled_shape(shapes[0], shapes[1],
+        return self._pooled_shape(shapes[1],
                                   (self.pooled_size, self.pooled_size, self.output_dim))
 
     def predict_offsets(self, offset_features, rois):
