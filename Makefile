@@ -7,6 +7,7 @@
 #   make gpu     venv + CUDA op library; fails without nvcc
 #   make test    build + the whole pytest suite
 #   make demo    build + python -m tf_dcn.demo
+#   make rfcn    build + python -m tf_dcn.examples.rfcn (the R-FCN detection example)
 #   make wheel   manylinux wheel in dist/ (build_pip_pkg.sh; DIST=dir elsewhere, CUDA=0 without the
 #                CUDA library)
 #   make bench   CPU benchmarks (bench/); make bench-gpu: GPU benchmark (needs a GPU)
@@ -52,7 +53,7 @@ CXXFLAGS ?= -O3 -DNDEBUG
 SIMD     := -fopenmp-simd
 WARN     := -Wall -Wno-deprecated-declarations -Wno-interference-size -Wno-sign-compare -Wno-unused-function
 
-.PHONY: all venv build gpu test demo wheel bench bench-gpu bazel clean distclean print-sources print-isa-flags
+.PHONY: all venv build gpu test demo rfcn wheel bench bench-gpu bazel clean distclean print-sources print-isa-flags
 .DELETE_ON_ERROR:
 
 all: build
@@ -164,6 +165,9 @@ test: build
 
 demo: build
 	$(PY) -m tf_dcn.demo
+
+rfcn: build
+	$(PY) -m tf_dcn.examples.rfcn
 
 # The script cds into a staging folder: hand it absolute paths.
 wheel: build

@@ -60,6 +60,7 @@ setup(
         "cpu": [f"tensorflow-cpu{_TF}"],
         "gpu": [f"tensorflow[and-cuda]{_TF}"],
         "viz": ["matplotlib"],
+        "detection": ["matplotlib", "pycocotools"],
     },
     cmdclass={"bdist_wheel": PlatformWheel},
     distclass=BinaryDistribution,

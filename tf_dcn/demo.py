@@ -130,12 +130,13 @@ def _inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return ((np.abs(u) <= 1) & (np.abs(v) <= arm)) | ((np.abs(v) <= 1) & (np.abs(u) <= arm))
 
 
-def make_dataset(count: int, seed: int, size: int = 64
+def make_dataset(count: int, seed: int, size: int = 64, objects: tuple[int, int] = (
+        MIN_OBJECTS, MAX_OBJECTS), diameters: tuple[float, float] = (8.0, 44.0)
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images with 2-4 rotated, sheared, stretched shapes of widely varying size.
+    """Images with 2-4 (``objects``) rotated, sheared, stretched shapes of widely varying size.
 
     Each object is a disk, an equilateral triangle or a cross of diameter ``D`` drawn
-    log-uniformly from ``[8, 44]`` pixels, rotated by a uniform angle, sheared by a factor in
+    log-uniformly from ``diameters`` (default ``[8, 44]`` pixels), rotated by a uniform angle, sheared by a factor in
     ``[-0.6, 0.6]`` and squeezed along one axis by ``[0.7, 1]``; it has a faint texture of its
     own and sits on a strong random grating of other colours. Large objects are drawn first and
     may be partly covered by later ones (at most 20% of an object's area).
@@ -155,10 +156,11 @@ def make_dataset(count: int, seed: int, size: int = 64
     for n in range(count):
         background = rng.uniform(0.0, 1.0, (2, 3))
         image = _texture(rng, yy, xx, background, 0.04)
-        number = rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1)
-        diameters = np.sort(np.exp(rng.uniform(np.log(8.0), np.log(44.0), number)))[::-1]
+        number = rng.integers(objects[0], objects[1] + 1)
+        drawn = np.sort(np.exp(rng.uniform(np.log(diameters[0]), np.log(diameters[1]),
+                                           number)))[::-1]
         taken = np.zeros((size, size), bool)
-        for diameter in diameters:  # the largest first, so that small objects stay visible
+        for diameter in drawn:  # the largest first, so that small objects stay visible
             radius = diameter / 2
             for _attempt in range(10):
                 shape = int(rng.integers(1, len(CLASSES)))
