@@ -61,6 +61,7 @@ setup(
         "gpu": [f"tensorflow[and-cuda]{_TF}"],
         "viz": ["matplotlib"],
         "detection": ["matplotlib", "pycocotools"],
+        "onnx": ["onnx>=1.23", "onnxruntime>=1.31", "tf2onnx>=1.17"],
     },
     cmdclass={"bdist_wheel": PlatformWheel},
     distclass=BinaryDistribution,

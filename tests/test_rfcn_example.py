@@ -1,6 +1,6 @@
 """``python -m tf_dcn.examples.rfcn --quick`` runs end to end: trains both detectors with
-``model.fit``, evaluates them with pycocotools, draws the pictures, and exports a SavedModel and
-a portable SavedModel that reload and match."""
+``model.fit``, evaluates them with pycocotools, draws the pictures, and exports a SavedModel, a
+portable SavedModel and an ONNX file that reload (onnxruntime for ONNX) and match."""
 
 from __future__ import annotations
 
@@ -57,11 +57,12 @@ def test_quick_run_trains_with_fit_and_prints_the_ap_table(quick_run):
 
 def test_quick_run_exports_match(quick_run):
     out, stdout, _ = quick_run
-    for name in ("SavedModel", "export_portable"):
+    for name in ("SavedModel", "export_portable", "ONNX (onnxruntime)"):
         lines = [line for line in stdout.splitlines() if line.strip().startswith(name + ":")]
         assert len(lines) == 1 and lines[0].endswith("(match)"), stdout[-2000:]
     assert find_tf_dcn_ops(out / "rfcn_savedmodel") == ["TfDcn>DeformablePSRoIPool"]
     assert find_tf_dcn_ops(out / "rfcn_portable") == []
+    assert (out / "rfcn.onnx").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("name,min_width,min_height", [

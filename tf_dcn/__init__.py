@@ -19,11 +19,12 @@ from tf_dcn._loader import load_ops, loaded_library  # noqa: E402
 from tf_dcn.deform_conv import deform_conv2d  # noqa: E402
 from tf_dcn.deform_psroi_pool import deform_psroi_pool, deform_roi_pool  # noqa: E402
 from tf_dcn.export import export_portable, use_implementation  # noqa: E402
+from tf_dcn.onnx_export import export_onnx  # noqa: E402
 
 _loader.load_at_import()
 
 __version__ = "0.1.0"
 
 __all__ = ["applications", "composite", "convert", "deform_conv2d", "deform_psroi_pool",
-           "deform_roi_pool", "export_portable", "layers", "load_ops", "loaded_library",
-           "use_implementation", "__version__"]
+           "deform_roi_pool", "export_onnx", "export_portable", "layers", "load_ops",
+           "loaded_library", "use_implementation", "__version__"]

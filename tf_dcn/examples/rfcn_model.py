@@ -285,7 +285,7 @@ class RFCN(keras.Model):
         self.config = config = config or DetectorConfig()
         self.seed = seed
         keras.utils.set_random_seed(seed)
-        self.anchors = tf.constant(make_anchors(config))
+        self._anchor_array = make_anchors(config)
         self.backbone = build_backbone(config)
         a = config.anchors_per_cell
         self.rpn_conv = keras.layers.Conv2D(config.width, 3, padding="same", activation="relu",
@@ -308,6 +308,12 @@ class RFCN(keras.Model):
         self._trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + self.LOSSES}
         self.sampling_seed = keras.random.SeedGenerator(seed)
 
+    @property
+    def anchors(self) -> tf.Tensor:
+        """The anchors ``[A, 4]``, as a constant of the graph being traced (not a captured
+        tensor, which graph converters such as tf2onnx would turn into an extra input)."""
+        return tf.constant(self._anchor_array)
+
     # -- the parts ------------------------------------------------------------------------------
     def _rpn(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Objectness logits ``[N, A]`` and box deltas ``[N, A, 4]`` of every anchor."""
@@ -326,7 +332,7 @@ class RFCN(keras.Model):
         scores = tf.sigmoid(logits)
         large = ((boxes[..., 2] - boxes[..., 0]) >= 2.0) & ((boxes[..., 3] - boxes[..., 1]) >= 2.0)
         scores = tf.where(large, scores, 0.0)
-        top = tf.math.top_k(scores, k=min(config.pre_nms, self.anchors.shape[0]))
+        top = tf.math.top_k(scores, k=min(config.pre_nms, len(self._anchor_array)))
         boxes = tf.gather(boxes, top.indices, batch_dims=1)
         proposals, _, _, _ = nms_boxes(boxes, top.values[..., None], count, config.rpn_nms_iou,
                                        score_threshold=1e-6)
