@@ -260,6 +260,17 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def fit_timed(model: keras.Model, images, targets, batch: int, epochs: int,
+              verbose: int) -> float:
+    """``model.fit`` (shuffled) with a step timer; returns the median seconds per training step,
+    the first steps (graph tracing) left out."""
+    timer = StepTimer()
+    model.fit(images, targets, batch_size=batch, epochs=epochs, shuffle=True, callbacks=[timer],
+              verbose=verbose)
+    skip = min(3, len(timer.times) - 1)
+    return float(np.median(timer.times[skip:]))
+
+
 def train(network: keras.Model, images: np.ndarray, targets: np.ndarray, budget: Budget,
           verbose: int) -> float:
     """Trains ``network``; returns the median seconds per training step."""
@@ -269,11 +280,7 @@ def train(network: keras.Model, images: np.ndarray, targets: np.ndarray, budget:
     network.compile(optimizer=keras.optimizers.Adam(schedule),
                     loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                     metrics=[keras.metrics.CategoricalAccuracy(name="acc")], jit_compile=False)
-    timer = StepTimer()
-    network.fit(images, targets, batch_size=budget.batch, epochs=budget.epochs, shuffle=True,
-                callbacks=[timer], verbose=verbose)
-    skip = min(3, len(timer.times) - 1)  # the first steps trace the graph
-    return float(np.median(timer.times[skip:]))
+    return fit_timed(network, images, targets, budget.batch, budget.epochs, verbose)
 
 
 def predict(model: keras.Model, images: np.ndarray, batch_size: int = 100

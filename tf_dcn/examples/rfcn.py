@@ -38,7 +38,7 @@ import tensorflow as tf
 
 import tf_dcn
 from tf_dcn import viz_detection
-from tf_dcn.demo import StepTimer
+from tf_dcn.demo import fit_timed
 from tf_dcn.examples.coco_evaluation import coco_box_ap
 from tf_dcn.examples.detection_data import OBJECT_CLASSES, make_detection_dataset
 from tf_dcn.examples.rfcn_model import RFCN, DetectorConfig
@@ -76,11 +76,7 @@ def train(model: RFCN, images: np.ndarray, targets: dict[str, np.ndarray], budge
     schedule = keras.optimizers.schedules.CosineDecay(budget.learning_rate, steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                   jit_compile=False)
-    timer = StepTimer()
-    model.fit(images, targets, batch_size=budget.batch, epochs=budget.epochs, shuffle=True,
-              callbacks=[timer], verbose=verbose)
-    skip = min(3, len(timer.times) - 1)  # the first steps trace the graph
-    return float(np.median(timer.times[skip:]))
+    return fit_timed(model, images, targets, budget.batch, budget.epochs, verbose)
 
 
 def detect(model: keras.Model, images: np.ndarray, batch_size: int = 100) -> dict[str, np.ndarray]:
