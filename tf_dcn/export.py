@@ -12,8 +12,9 @@ implementation has the same weights and gives the same results in plain TensorFl
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import keras
 from tensorflow.core.protobuf import saved_model_pb2
@@ -48,6 +49,24 @@ def _reset_compiled_functions(model: keras.layers.Layer) -> None:
         for attr in ("train_function", "test_function", "predict_function"):
             if getattr(layer, attr, None) is not None:
                 setattr(layer, attr, None)
+
+
+@contextlib.contextmanager
+def switched_implementations(model: keras.layers.Layer,
+                             choose: Callable[[keras.layers.Layer], str]) -> Iterator[list]:
+    """Within the block, every tf-dcn layer of ``model`` uses ``choose(layer)``; afterwards each
+    gets its own implementation back and Keras' cached train/test/predict functions are
+    dropped. Yields the layers."""
+    layers = _tf_dcn_layers(model)
+    previous = [layer.implementation for layer in layers]
+    try:
+        for layer in layers:
+            layer.implementation = choose(layer)
+        yield layers
+    finally:
+        for layer, implementation in zip(layers, previous):
+            layer.implementation = implementation
+        _reset_compiled_functions(model)
 
 
 def use_implementation(model: keras.layers.Layer, implementation: str) -> int:
@@ -147,17 +166,9 @@ def export_portable(model: keras.Model, path: str | os.PathLike, *, input_signat
         >>> y = served.serve([images, rois])
     """
     path = os.fspath(path)
-    layers = _tf_dcn_layers(model)
-    previous = [layer.implementation for layer in layers]
-    try:
-        for layer in layers:
-            layer.implementation = "composite"
+    with switched_implementations(model, lambda layer: "composite"):
         model.export(path, format="tf_saved_model", verbose=verbose,
                      input_signature=input_signature, **kwargs)
-    finally:
-        for layer, implementation in zip(layers, previous):
-            layer.implementation = implementation
-        _reset_compiled_functions(model)
     custom_ops = find_tf_dcn_ops(path)
     if custom_ops:
         raise RuntimeError(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tf_dcn.export import _reset_compiled_functions, _tf_dcn_layers
+from tf_dcn.export import _tf_dcn_layers, switched_implementations
 from tf_dcn.layers import DeformableConv2D
 
 __all__ = ["export_onnx", "MIN_OPSET"]
@@ -175,10 +175,9 @@ def export_onnx(model: keras.Model, path: str | os.PathLike | None, opset: int =
                          f"opset={opset}")
     signature = list(input_signature) if input_signature is not None else _default_signature(
         model)
-    previous = [layer.implementation for layer in layers]
-    try:
-        for layer in layers:
-            layer.implementation = "op" if isinstance(layer, DeformableConv2D) else "composite"
+    # the convolutions stay on the op (one DeformConv each), the pooling goes composite
+    with switched_implementations(
+            model, lambda layer: "op" if isinstance(layer, DeformableConv2D) else "composite"):
 
         @tf.function(input_signature=signature)
         def inference(*inputs):
@@ -196,10 +195,6 @@ def export_onnx(model: keras.Model, path: str | os.PathLike | None, opset: int =
                              f"{opset}: {error}") from error
         if handler.ERRORS:  # tf2onnx logged it and left the node unconverted
             raise handler.ERRORS[0]
-    finally:
-        for layer, implementation in zip(layers, previous):
-            layer.implementation = implementation
-        _reset_compiled_functions(model)
     if len(proto.graph.input) != len(signature):
         extra = [i.name for i in proto.graph.input][len(signature):]
         raise ValueError(

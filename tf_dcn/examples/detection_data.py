@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from tf_dcn.demo import CLASSES, make_dataset
+from tf_dcn.layers._boxes import PADDING_VALUE as PADDING  # four of it make a padding box
 
 #: Object classes of the detection data (class id = index + 1; 0 is the background).
 OBJECT_CLASSES = CLASSES[1:]
-PADDING = -1.0  # value of all four coordinates of a padding box, and the class of one
 
 
 def boxes_from_masks(labels: np.ndarray, extent: np.ndarray, max_objects: int,

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_dcn.layers import DeformableConv2D, DeformablePSRoIPooling
+from tf_dcn.layers._boxes import is_padding
 
 #: Scales of the ``(dx, dy, dw, dh)`` box deltas (Faster R-CNN's head normalisation).
 DELTA_SCALE = (0.1, 0.1, 0.2, 0.2)
@@ -133,11 +134,6 @@ def decode_boxes(deltas: tf.Tensor, references: tf.Tensor) -> tf.Tensor:
     bw = w * tf.exp(tf.minimum(deltas[..., 2], MAX_LOG_SCALE))
     bh = h * tf.exp(tf.minimum(deltas[..., 3], MAX_LOG_SCALE))
     return tf.stack([cx - 0.5 * bw, cy - 0.5 * bh, cx + 0.5 * bw, cy + 0.5 * bh], axis=-1)
-
-
-def is_padding(boxes: tf.Tensor) -> tf.Tensor:
-    """``[..., K]`` bool: the boxes whose four values are -1."""
-    return tf.reduce_all(tf.equal(boxes, -1.0), axis=-1)
 
 
 def pairwise_iou(boxes: tf.Tensor, others: tf.Tensor) -> tf.Tensor:
