@@ -2,9 +2,9 @@
 # compiler and linker flags come from tf.sysconfig, never from hard-coded paths.
 #
 #   make build   venv + CPU op library (tf_dcn/_tf_dcn_ops.so), the CUDA op library
-#                (tf_dcn/_tf_dcn_ops_cuda.so) when nvcc is found (CUDA=0 skips it), and the host
-#                emulation of the GPU launchers used by the tests
-#   make gpu     venv + CUDA op library; fails without nvcc
+#                (tf_dcn/_tf_dcn_ops_cuda.so) when clang-19 is found (CUDA=0 skips it), and the
+#                host emulation of the GPU launchers used by the tests
+#   make gpu     venv + CUDA op library (clang-19 and CUDA 12.5 pip wheels); fails without clang-19
 #   make test    build + the whole pytest suite
 #   make demo    build + python -m tf_dcn.demo
 #   make rfcn    build + python -m tf_dcn.examples.rfcn (the R-FCN detection example)
@@ -53,7 +53,7 @@ CXXFLAGS ?= -O3 -DNDEBUG
 SIMD     := -fopenmp-simd
 WARN     := -Wall -Wno-deprecated-declarations -Wno-interference-size -Wno-sign-compare -Wno-unused-function
 
-.PHONY: all venv build gpu test demo rfcn wheel bench bench-gpu bazel clean distclean print-sources print-isa-flags
+.PHONY: all venv build gpu cuda12-root tensorflow-gpu-site print-cuda-flags test demo rfcn wheel bench bench-gpu bazel clean distclean print-sources print-isa-flags
 .DELETE_ON_ERROR:
 
 all: build
@@ -73,7 +73,7 @@ print('TF_CFLAGS := ' + ' '.join(tf.sysconfig.get_compile_flags())); \
 print('TF_LFLAGS := ' + ' '.join(tf.sysconfig.get_link_flags()))" 2>/dev/null > $@.tmp
 	@mv $@.tmp $@
 
-ifneq ($(filter-out venv clean distclean print-sources print-isa-flags,$(or $(MAKECMDGOALS),all)),)
+ifneq ($(filter-out venv clean distclean print-sources print-isa-flags print-cuda-flags,$(or $(MAKECMDGOALS),all)),)
 -include $(BUILD)/tf_flags.mk
 endif
 
@@ -100,55 +100,109 @@ $(OPS_LIB): $(OBJS)
 	mv -f $@.tmp $@
 
 # ---- CUDA op library ------------------------------------------------------------------------
-# The .cu launchers include no TensorFlow headers (nvcc); the op shims are compiled again by g++
-# with TF_DCN_WITH_CUDA, which adds the DEVICE_GPU registrations and the GPU functors
-# (cc/kernels/gpu/). The CUDA 13 runtime is linked statically and hidden, before TensorFlow's
-# libraries (see docs/gpu-build.md), so the library depends only on libtensorflow_framework. Its
-# glibc references (in the .cu objects and a private copy of libcudart_static.a) are pinned to
-# versions no newer than GLIBC_FLOOR (tools/glibc_compat.py), so the wheel stays manylinux_2_27.
+# Built for TensorFlow 2.21's own CUDA 12 runtime, with no runtime of its own (docs/gpu-build.md):
+# clang-19 compiles the .cu launchers (no TensorFlow headers) against a CUDA 12.5 installation
+# assembled from NVIDIA's pinned pip wheels (requirements-cuda12.txt, tools/cuda12_root.py; the
+# fat binary is written by tools/fatbinary.py). The op shims are compiled again by g++ with
+# TF_DCN_WITH_CUDA, which adds the DEVICE_GPU registrations and the GPU functors (cc/kernels/gpu/).
+# cc/kernels/gpu/cuda_runtime_forward.cc defines the runtime functions the .cu objects call as hidden
+# forwarders to the CUDA 12 runtime TensorFlow loads, so the library depends only on
+# libtensorflow_framework and loads in tensorflow-cpu too. The glibc references of the .cu objects
+# are pinned to versions no newer than GLIBC_FLOOR (tools/glibc_compat.py), so the wheel stays
+# manylinux_2_27.
+#   make gpu CUDA_PATH=/usr/local/cuda-12.x   clang-19 with a local CUDA 12 toolkit instead
+#   make gpu CUDA_COMPILER=nvcc NVCC=/usr/local/cuda-12.x/bin/nvcc   nvcc of a CUDA 12 toolkit
 GLIBC_COMPAT = $(PY) tools/glibc_compat.py --floor $(GLIBC_FLOOR) --libc "$$($(CXX) -print-file-name=libc.so.6)"
-NVCC       ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-CUDA       ?= $(if $(NVCC),1,0)
-CUDA_HOME  ?= $(if $(NVCC),$(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ TOP=//p'))
-CUDA_HOME  := $(CUDA_HOME)
-CUDART_STATIC := $(firstword $(wildcard $(CUDA_HOME)/lib64/libcudart_static.a \
-	$(CUDA_HOME)/lib/libcudart_static.a $(CUDA_HOME)/targets/x86_64-linux/lib/libcudart_static.a))
-CUDA_ARCHS := 75 80 86 89 90
-NVCC_FLAGS ?= -O3 -DNDEBUG
-NVCC_ALL_FLAGS = $(NVCC_FLAGS) -std=c++17 -Xcompiler -fPIC -I. --threads 0 \
+CUDA_CLANG    ?= $(shell command -v clang-19 2>/dev/null)
+CUDA_COMPILER ?= clang
+CUDA          ?= $(if $(filter nvcc,$(CUDA_COMPILER)),1,$(if $(CUDA_CLANG),1,0))
+CUDA12_WHEELS := $(BUILD)/cuda12/wheels
+CUDA12_ROOT   := $(BUILD)/cuda12/root
+CUDA12_STAMP  := $(CUDA12_ROOT)/.assembled
+CUDA_PATH     ?=
+CUDA_HOME_12  := $(or $(CUDA_PATH),$(CUDA12_ROOT))
+CUDA_ARCHS    := 75 80 86 89 90
+# SASS for every architecture, PTX only for the newest (JIT-compiled by drivers of newer GPUs).
+CUDA_PTX_ARCH := 90
+CLANG_CUDA_FLAGS = -x cuda --cuda-path=$(abspath $(CUDA_HOME_12)) -std=c++17 -O3 -DNDEBUG -fPIC -I. \
+	-Wno-unknown-cuda-version $(foreach a,$(CUDA_ARCHS),--cuda-gpu-arch=sm_$(a)) \
+	--no-cuda-include-ptx=all --cuda-include-ptx=sm_$(CUDA_PTX_ARCH)
+NVCC          ?= nvcc
+NVCC_FLAGS = -std=c++17 -O3 -DNDEBUG -Xcompiler -fPIC -I. \
 	$(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
-	-gencode arch=compute_90,code=compute_90
+	-gencode arch=compute_$(CUDA_PTX_ARCH),code=compute_$(CUDA_PTX_ARCH)
 CU_SRCS      := $(sort $(wildcard cc/kernels/*.cu))
 GPU_SHIMS    := cc/kernels/deform_conv2d_op.cc cc/kernels/deform_psroi_pool_op.cc
 GPU_FUNCTORS := $(sort $(wildcard cc/kernels/gpu/*.cc))
-# The CPU objects in OPS_SRCS order with the shims swapped for their GPU builds; the GPU functors
-# and the .cu objects go before the wider-ISA objects, which must stay last.
+# The CPU objects in OPS_SRCS order with the shims swapped for their GPU builds; the GPU functors,
+# the runtime forwarders and the .cu objects go before the wider-ISA objects, which must stay last.
 CUDA_OBJS := $(foreach s,$(filter-out $(ISA_SRCS),$(OPS_SRCS)),\
 	$(if $(filter $(s),$(GPU_SHIMS)),$(BUILD)/cuda/$(s:.cc=.o),$(BUILD)/$(s:.cc=.o))) \
 	$(patsubst %.cc,$(BUILD)/cuda/%.o,$(GPU_FUNCTORS)) \
 	$(patsubst %.cu,$(BUILD)/cuda/%.cu.o,$(CU_SRCS)) \
 	$(patsubst %.cc,$(BUILD)/%.o,$(ISA_SRCS))
 
-$(BUILD)/cuda/%.cu.o: %.cu $(HEADERS) $(wildcard cc/kernels/*.cuh) tools/glibc_compat.py | $(STAMP)
-	@test -n "$(NVCC)" || { echo "nvcc not found: install the CUDA 13 toolkit or build with CUDA=0"; exit 1; }
+# The CUDA 12.5 installation clang compiles against (skipped when CUDA_PATH names a local one).
+$(CUDA12_STAMP): requirements-cuda12.txt tools/cuda12_root.py tools/fatbinary.py | $(STAMP)
+	rm -rf $(CUDA12_WHEELS)
+	$(PY) -m pip install --quiet --no-deps --target $(CUDA12_WHEELS) -r requirements-cuda12.txt
+	$(PY) tools/cuda12_root.py $(CUDA12_WHEELS) $(CUDA12_ROOT)
+	@touch $@
+
+cuda12-root: $(CUDA12_STAMP)
+
+# Checks the compiler before the first .cu object: clang-19 (or nvcc) of CUDA 12, never CUDA 13.
+$(BUILD)/cuda/compiler.ok: $(if $(CUDA_PATH),,$(CUDA12_STAMP)) tools/cuda12_root.py | $(STAMP)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_ALL_FLAGS) -c $< -o $@
+ifeq ($(CUDA_COMPILER),nvcc)
+	@$(NVCC) --version | grep -q 'release 12\.' || { echo "CUDA_COMPILER=nvcc needs the nvcc of a CUDA 12 toolkit; $(NVCC) is: $$($(NVCC) --version | grep release)"; exit 1; }
+else
+	@test -n "$(CUDA_CLANG)" || { echo "clang-19 not found: apt-get install clang-19, or build with CUDA=0"; exit 1; }
+	@$(PY) tools/cuda12_root.py --check $(abspath $(CUDA_HOME_12))
+endif
+	@touch $@
+
+$(BUILD)/cuda/%.cu.o: %.cu $(HEADERS) $(wildcard cc/kernels/*.cuh) tools/glibc_compat.py $(BUILD)/cuda/compiler.ok | $(STAMP)
+	@mkdir -p $(dir $@)
+ifeq ($(CUDA_COMPILER),nvcc)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+else
+	$(CUDA_CLANG) $(CLANG_CUDA_FLAGS) -c $< -o $@
+endif
 	$(GLIBC_COMPAT) $@ $@
 
 $(BUILD)/cuda/%.o: %.cc $(HEADERS) $(wildcard cc/kernels/gpu/*.h) $(BUILD)/tf_flags.mk
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $(SIMD) $(WARN) -fPIC -I. $(TF_CFLAGS) -DGOOGLE_CUDA=1 -DTF_DCN_WITH_CUDA=1 -c $< -o $@
 
-CUDART_COMPAT := $(BUILD)/cuda/libcudart_static_glibc$(GLIBC_FLOOR).a
-$(CUDART_COMPAT): $(CUDART_STATIC) tools/glibc_compat.py | $(STAMP)
-	@test -n "$(CUDART_STATIC)" || { echo "libcudart_static.a not found under CUDA_HOME=$(CUDA_HOME)"; exit 1; }
+# The runtime forwarders call dlopen/dlsym (GLIBC_2.34 on a new glibc): pinned like the .cu objects.
+$(BUILD)/cuda/cc/kernels/gpu/cuda_runtime_forward.o: cc/kernels/gpu/cuda_runtime_forward.cc $(HEADERS) tools/glibc_compat.py | $(STAMP)
 	@mkdir -p $(dir $@)
-	$(GLIBC_COMPAT) $(CUDART_STATIC) $@
+	$(CXX) $(CXXFLAGS) $(WARN) -std=c++17 -fPIC -I. -c $< -o $@
+	$(GLIBC_COMPAT) $@ $@
 
-$(CUDA_LIB): $(CUDA_OBJS) $(CUDART_COMPAT)
-	$(CXX) -shared $(CUDA_OBJS) $(CUDART_COMPAT) -ldl -lpthread -lrt -Wl,--exclude-libs,ALL \
-		-o $@.tmp $(TF_LFLAGS) -Wl,-z,defs -Wl,-O1
+$(CUDA_LIB): $(CUDA_OBJS)
+	$(CXX) -shared $(CUDA_OBJS) -o $@.tmp $(TF_LFLAGS) -ldl -Wl,-z,defs -Wl,-O1
 	mv -f $@.tmp $@
+
+# The GPU build of TensorFlow (the `tensorflow` wheel, same version as the venv's tensorflow-cpu),
+# unpacked beside the venv for tests/test_cuda_library.py, which loads the CUDA library into it
+# with PYTHONPATH=$(TF_GPU_SITE). Not needed to build or use tf-dcn.
+TF_VERSION  := $(shell sed -n 's/^tensorflow-cpu==//p' requirements.txt)
+TF_GPU_SITE := $(BUILD)/tensorflow-gpu
+$(TF_GPU_SITE)/.installed: requirements.txt | $(STAMP)
+	rm -rf $(TF_GPU_SITE)
+	$(PY) -m pip install --quiet --no-deps --target $(TF_GPU_SITE) tensorflow==$(TF_VERSION)
+	@touch $@
+
+tensorflow-gpu-site: $(TF_GPU_SITE)/.installed
+
+# The exact flags of the .cu compilation, for tests/gpu/run.sh (which builds the harness the same
+# way). `make -s print-cuda-flags`.
+print-cuda-flags:
+	@echo "CUDA_CLANG=$(CUDA_CLANG)"
+	@echo "CUDA_HOME_12=$(abspath $(CUDA_HOME_12))"
+	@echo "CLANG_CUDA_FLAGS=$(filter-out $(foreach a,$(CUDA_ARCHS),--cuda-gpu-arch=sm_$(a)) --cuda-include-ptx=sm_$(CUDA_PTX_ARCH),$(CLANG_CUDA_FLAGS))"
 
 gpu: $(STAMP) $(CUDA_LIB)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds tf-dcn's wheel into dist/ (or the folder given as $1); `make wheel` runs this.
 #
-# 1. `make build` compiles the op libraries (the CUDA one too when nvcc is found; CUDA=0 leaves it
+# 1. `make build` compiles the op libraries (the CUDA one too when clang-19 is found; CUDA=0 leaves it
 #    out of the wheel).
 # 2. The package, setup.py, README.md and LICENSE are copied into a staging folder, so the
 #    repository stays clean, and `pip wheel` makes a py3-none-linux_x86_64 wheel there.

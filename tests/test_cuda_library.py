@@ -1,18 +1,25 @@
 """The CUDA op library (tf_dcn/_tf_dcn_ops_cuda.so) and the choice between the two libraries.
 
-CI compiles the CUDA library with nvcc (``TF_DCN_REQUIRE_CUDA_BUILD=1`` in .ci/run makes its absence
-a failure) but has no GPU: these tests check that it was built, depends only on TensorFlow's
-framework library and the C/C++ runtimes (the CUDA 13 runtime is linked in statically), registers
-every op for both CPU and GPU, and computes the CPU kernels exactly like the CPU library when
-forced with ``TF_DCN_OPS=cuda``. The GPU kernels themselves are checked by the host emulation
-(test_gpu_emulation_*.py) and, on a GPU machine, by tests/gpu/run.sh.
+CI compiles the CUDA library with clang-19 and the CUDA 12.5 pip wheels
+(``TF_DCN_REQUIRE_CUDA_BUILD=1`` in .ci/run makes its absence a failure) but has no GPU. These
+tests read the built file: it carries no CUDA runtime of its own (the runtime functions are hidden
+forwarders to TensorFlow's, see cc/kernels/gpu/cuda_runtime_forward.cc), its cubins and PTX were
+made by CUDA 12 (ELF ABI of CUDA 12, PTX ISA 8.5 at most), it depends only on TensorFlow's framework library and the C/C++ runtimes, it
+loads in both ``tensorflow-cpu==2.21.0`` (the venv) and ``tensorflow==2.21.0`` (the GPU build,
+unpacked by ``make tensorflow-gpu-site``), registers every op for both CPU and GPU, and computes the
+CPU kernels exactly like the CPU library when forced with ``TF_DCN_OPS=cuda``. The GPU kernels
+themselves are checked by the host emulation (test_gpu_emulation_*.py) and, on a GPU machine, by
+tests/gpu/run.sh.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -26,10 +33,18 @@ CUDA_LIBRARY = Path(_loader.CUDA_LIBRARY)
 OPS = ["TfDcn>DeformableConv2D", "TfDcn>DeformableConv2DGrad", "TfDcn>DeformablePSRoIPool",
        "TfDcn>DeformablePSRoIPoolGrad"]
 
+_spec = importlib.util.spec_from_file_location("fatbinary", REPO / "tools" / "fatbinary.py")
+fatbinary = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fatbinary)
+
+CUDA_ARCHS = {75, 80, 86, 89, 90}  # the Makefile's CUDA_ARCHS; PTX for the last one only
+CUDA12_PTX_ISA = (8, 5)  # the PTX ISA version of CUDA 12.5
+GPU_TF_SITE = REPO / "build" / "tensorflow-gpu"
+
 _required = os.environ.get("TF_DCN_REQUIRE_CUDA_BUILD") == "1"
 needs_cuda_library = pytest.mark.skipif(
-    not CUDA_LIBRARY.exists() and not _required and shutil.which("nvcc") is None,
-    reason="no nvcc on this machine, so no CUDA library was built",
+    not CUDA_LIBRARY.exists() and not _required and shutil.which("clang-19") is None,
+    reason="no clang-19 on this machine, so no CUDA library was built",
 )
 
 
@@ -40,7 +55,8 @@ def _run_python(code: str, cwd: Path = REPO, **env: str) -> str:
 
 @needs_cuda_library
 def test_cuda_library_was_built():
-    assert CUDA_LIBRARY.exists(), "nvcc is available but `make build` did not build the CUDA library"
+    assert CUDA_LIBRARY.exists(), \
+        "clang-19 is available but `make build` did not build the CUDA library"
 
 
 @needs_cuda_library
@@ -52,11 +68,99 @@ def test_cuda_library_depends_only_on_tensorflow_and_the_c_runtimes():
     allowed = {"libtensorflow_framework.so.2", "libstdc++.so.6", "libm.so.6", "libgcc_s.so.1",
                "libc.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "ld-linux-x86-64.so.2"}
     assert set(needed) <= allowed, needed
-    # The static CUDA runtime is hidden: no cuda* symbol is exported to clash with TensorFlow's.
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(CUDA_LIBRARY)],
-                             capture_output=True, text=True, check=True).stdout
-    exported = [line.split()[-1] for line in symbols.splitlines() if line.strip()]
-    assert not [s for s in exported if s.startswith("cuda")]
+    # The runtime forwarders are hidden: no cuda* symbol is exported to clash with TensorFlow's,
+    # and none is left undefined (which would bind to whatever runtime the process has).
+    symbols = subprocess.run(["nm", "-D", str(CUDA_LIBRARY)], capture_output=True, text=True,
+                             check=True).stdout
+    names = [line.split()[-1] for line in symbols.splitlines() if line.strip()]
+    assert not [s for s in names if s.lstrip("_").startswith("cuda")], names
+
+
+def _symbols(path: Path) -> list[tuple[str, str]]:
+    """(type letter, name) of every symbol in the full symbol table of `path`."""
+    out = subprocess.run(["nm", str(path)], capture_output=True, text=True, check=True).stdout
+    return [(line.split()[-2], line.split()[-1]) for line in out.splitlines()
+            if len(line.split()) >= 2]
+
+
+def _forwarded_functions() -> set[str]:
+    """The CUDA runtime functions the library defines itself (cuda_runtime_forward.cc)."""
+    api = re.compile(r"^(__)?cuda[A-Z]\w*$")  # cudaLaunchKernel, __cudaRegisterFunction, ...
+    return {name for kind, name in _symbols(CUDA_LIBRARY) if kind in "tT" and api.match(name)}
+
+
+@needs_cuda_library
+def test_cuda_library_carries_no_cuda_runtime_of_its_own():
+    data = CUDA_LIBRARY.read_bytes()
+    # A CUDA runtime (static libcudart) opens the driver itself, and has its internals in the
+    # symbol table (cudart::..., __cudart...); the library has neither.
+    assert b"libcuda.so" not in data
+    internals = [name for _, name in _symbols(CUDA_LIBRARY)
+                 if "cudart" in name and name != "libcudart"]
+    assert not internals, internals[:10]
+    # Every runtime function it uses is one of the hidden forwarders, which look up the real
+    # function in TensorFlow's runtime (or a libcudart.so.12) at run time.
+    forwarded = _forwarded_functions()
+    assert {"cudaLaunchKernel", "__cudaRegisterFatBinary", "__cudaRegisterFunction",
+            "__cudaPushCallConfiguration", "cudaMemcpyAsync"} <= forwarded, forwarded
+    assert b"libtensorflow_framework.so.2" in data and b"libcudart.so.12" in data
+
+
+def _fat_binary_images() -> list[fatbinary.Image]:
+    """Every image of the library's .nv_fatbin section."""
+    section = subprocess.run(["readelf", "-SW", str(CUDA_LIBRARY)], capture_output=True, text=True,
+                             check=True).stdout
+    match = re.search(r"\.nv_fatbin\s+PROGBITS\s+[0-9a-f]+\s+([0-9a-f]+)\s+([0-9a-f]+)",
+                      section)
+    assert match, "no .nv_fatbin section"
+    offset, size = int(match.group(1), 16), int(match.group(2), 16)
+    with open(CUDA_LIBRARY, "rb") as f:
+        f.seek(offset)
+        return fatbinary.decode(f.read(size))
+
+
+@needs_cuda_library
+def test_cuda_library_images_were_made_for_the_cuda_12_abi():
+    images = _fat_binary_images()
+    cubins = [image for image in images if image.kind == "elf"]
+    ptx = [image for image in images if image.kind == "ptx"]
+    # Two .cu files have kernels; each has SASS for every architecture and PTX for the newest.
+    assert len(cubins) == 2 * len(CUDA_ARCHS) and len(ptx) == 2, [(i.kind, i.arch) for i in images]
+    assert {image.arch for image in cubins} == CUDA_ARCHS
+    assert {image.arch for image in ptx} == {max(CUDA_ARCHS)}
+    for image in cubins:
+        # ELF header: OS/ABI 0x33 (CUDA) and ABI version 7 are CUDA 12's ptxas; CUDA 13 writes
+        # 0x41 and 8, which drivers before r580 cannot load.
+        ident = image.payload[:16]
+        assert ident[:4] == b"\x7fELF" and ident[4] == 2, ident
+        assert (ident[7], ident[8]) == (0x33, 7), f"sm_{image.arch}: OS/ABI {ident[7]:#x}, " \
+                                                 f"ABI version {ident[8]}"
+        e_machine = struct.unpack_from("<H", image.payload, 18)[0]
+        assert e_machine == 190  # EM_CUDA
+    for image in ptx:
+        version = fatbinary.ptx_version(image.payload)
+        assert image.version == version and version <= CUDA12_PTX_ISA, version
+        assert f".target sm_{image.arch}".encode() in image.payload
+
+
+def _gpu_tensorflow() -> Path:
+    """The GPU build of TensorFlow, unpacked by `make tensorflow-gpu-site` (once per build dir)."""
+    result = subprocess.run(["make", "-s", "tensorflow-gpu-site"], cwd=REPO, capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return GPU_TF_SITE
+
+
+@needs_cuda_library
+def test_gpu_tensorflow_exports_every_runtime_function_the_library_forwards():
+    """In the GPU build of TensorFlow the forwarders resolve to libtensorflow_framework's own
+    CUDA 12 runtime entry points (its cudart stubs): every one of them must be there."""
+    framework = _gpu_tensorflow() / "tensorflow" / "libtensorflow_framework.so.2"
+    out = subprocess.run(["nm", "-D", "--defined-only", str(framework)], capture_output=True,
+                         text=True, check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    missing = sorted(_forwarded_functions() - exported)
+    assert not missing, missing
 
 
 @needs_cuda_library
@@ -91,6 +195,28 @@ def test_cpu_library_registers_cpu_kernels_only():
 
 
 @needs_cuda_library
+@pytest.mark.parametrize("tensorflow", ["tensorflow-cpu", "tensorflow (GPU build)"])
+def test_cuda_library_loads_into_tensorflow(tensorflow):
+    """tf.load_op_library of the CUDA library in both wheels of TensorFlow 2.21 (no GPU here)."""
+    env = {}
+    if tensorflow != "tensorflow-cpu":
+        env["PYTHONPATH"] = str(_gpu_tensorflow())
+    code = (
+        "import json, tensorflow as tf\n"
+        "from tensorflow.python.framework import kernels\n"
+        f"module = tf.load_op_library({str(CUDA_LIBRARY)!r})\n"
+        f"ops = {OPS!r}\n"
+        "print(json.dumps([tf.__file__, tf.__version__, tf.test.is_built_with_cuda(),"
+        " sorted({k.device_type for op in ops"
+        " for k in kernels.get_registered_kernels_for_op(op).kernel})]))\n"
+    )
+    path, version, with_cuda, devices = json.loads(_run_python(code, **env))
+    assert version == _loader.tf.__version__ and devices == ["CPU", "GPU"]
+    assert with_cuda == (tensorflow != "tensorflow-cpu")
+    assert path.startswith(str(GPU_TF_SITE)) == (tensorflow != "tensorflow-cpu")
+
+
+@needs_cuda_library
 def test_forced_cuda_library_computes_like_the_cpu_library():
     code = (
         "import numpy as np, tensorflow as tf, tf_dcn\n"
@@ -113,6 +239,10 @@ def test_forced_cuda_library_computes_like_the_cpu_library():
     cpu = _run_python(code, TF_DCN_OPS="cpu").split()
     assert forced[0] == str(CUDA_LIBRARY) and cpu[0] == _loader.CPU_LIBRARY
     assert forced[1:] == cpu[1:]  # same CPU kernels: bitwise equal sums
+    # The GPU build of TensorFlow without a GPU or driver: the CPU library unless forced.
+    gpu_tf = str(_gpu_tensorflow())
+    assert _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="").split() == cpu
+    assert _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="cuda").split() == forced
 
 
 def test_library_choice(monkeypatch, tmp_path):
@@ -131,7 +261,11 @@ def test_library_choice(monkeypatch, tmp_path):
     assert _loader.choose_library() == _loader.CPU_LIBRARY
     monkeypatch.delenv("TF_DCN_OPS")
     assert _loader.choose_library() == str(cuda)
-    monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 12080)  # a CUDA 12.8 driver
+    monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 12000)  # r525, CUDA 12.0
+    assert _loader.choose_library() == str(cuda)
+    monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 11080)  # a CUDA 11.8 driver
+    assert _loader.choose_library() == _loader.CPU_LIBRARY
+    monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 0)  # no driver
     assert _loader.choose_library() == _loader.CPU_LIBRARY
     monkeypatch.setattr(_loader, "_cuda_driver_version", lambda: 13000)
     monkeypatch.setattr(_loader.tf.test, "is_built_with_cuda", lambda: False)  # tensorflow-cpu

@@ -17,6 +17,7 @@ import pytest
 from tests import gpu_emulation as emu
 from tests import psroi_reference as ref
 from tests import test_deform_psroi_pool
+from tests.gpu.capi_ctypes import RoiBatchCheck
 
 try:
     emu.library()
@@ -417,3 +418,58 @@ def test_absurd_sample_per_part_is_refused_only_when_deterministic():
                 sample_per_part=2**31 - 1)
     assert pool.workspace_bytes("float32", True, True)[0] == TOO_MANY_SAMPLES
     assert pool.workspace_bytes("float32", False, True)[0] == GPU_OK
+
+
+# ------------------------------------------------------------------------------------------------
+# The batch-index check of the GPU ops (DeformPSRoIPoolGpuCheckBatchIndices) and the kernels'
+# guard against a bad index (the op reports it asynchronously, after the kernels ran).
+# ------------------------------------------------------------------------------------------------
+def _check_batch_indices(batch_indices, batch, rois_double):
+    rois = np.zeros((len(batch_indices), 5), np.float64 if rois_double else np.float32)
+    rois[:, 0] = batch_indices
+    rois[:, 3:] = 4.0
+    scratch = np.zeros(2, np.float64)  # the device scratch: 16 bytes
+    result = RoiBatchCheck(-7, -7.0)
+    emu.check(LIB.tfdcn_pool_check_batch_indices(int(rois_double), len(batch_indices), batch,
+                                                  None, emu.ptr(rois), emu.ptr(scratch),
+                                                  ctypes.byref(result)))
+    return result.first_bad, result.value
+
+
+@pytest.mark.parametrize("rois_double", [True, False])
+@pytest.mark.parametrize("indices, batch, first_bad, value", [
+    ([0, 1, 2, 1], 3, 4, 0.0),                 # all valid: first_bad = R
+    ([], 2, 0, 0.0),                           # no RoIs
+    ([0, 2, 1, 5], 2, 1, 2.0),                 # out of range (== N), then another
+    ([1, 0, -1], 2, 2, -1.0),                  # negative
+    ([0, 0.5, 7], 2, 1, 0.5),                  # not an integer
+    ([0, 1, np.inf, np.nan], 2, 2, np.inf),    # not finite
+    ([np.nan, 1], 2, 0, np.nan),
+    ([0, 1], 0, 0, 0.0),                       # no images at all: every index is bad
+])
+def test_batch_index_check_finds_the_first_bad_index(indices, batch, first_bad, value,
+                                                     rois_double):
+    got_first, got_value = _check_batch_indices(indices, batch, rois_double)
+    assert got_first == first_bad
+    np.testing.assert_equal(got_value, value)
+
+
+def test_a_bad_batch_index_reads_no_features_and_gives_nan_bins():
+    """The GPU op enqueues the kernels before it learns that a batch index is bad: the kernels
+    must read nothing for that RoI (here N = 1, so index 3 would be out of bounds) and write NaN,
+    and the backward pass must leave the features gradient of the other RoIs untouched."""
+    pool = Pool((1, 6, 6, 4), 3, output_dim=4, group_size=1, pooled_size=2, num_classes=1)
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(1, 6, 6, 4))
+    rois = np.array([[0, 0, 0, 4, 4], [3, 0, 0, 4, 4], [0.5, 1, 1, 5, 5]], np.float64)
+    offsets = rng.normal(size=(3, 2, 2, 2))
+    out = pool.forward(features, rois, offsets, "float64")
+    one = Pool((1, 6, 6, 4), 1, output_dim=4, group_size=1, pooled_size=2, num_classes=1)
+    assert np.isnan(out[1:]).all()
+    np.testing.assert_array_equal(out[:1], one.forward(features, rois[:1], offsets[:1], "float64"))
+    grad = rng.normal(size=out.shape)
+    gf, go = pool.backward(features, rois, offsets, grad, "float64")
+    gf1, go1 = one.backward(features, rois[:1], offsets[:1], grad[:1], "float64")
+    np.testing.assert_array_equal(gf, gf1)  # the bad RoIs add nothing to the features gradient
+    np.testing.assert_array_equal(go[0], go1[0])
+    assert np.isnan(go[1:]).all()

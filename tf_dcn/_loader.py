@@ -1,9 +1,12 @@
 """Loads tf-dcn's op library once per process.
 
-The package ships a CPU op library (``_tf_dcn_ops.so``) and, when built with nvcc, a CUDA one
-(``_tf_dcn_ops_cuda.so``). Exactly one of them may be loaded in a process: both register the same
-ops. The CUDA library is chosen only when it exists, TensorFlow is a CUDA build and the driver
-supports the CUDA 13 runtime. ``TF_DCN_OPS=cpu`` or ``TF_DCN_OPS=cuda`` forces the choice.
+The package ships a CPU op library (``_tf_dcn_ops.so``) and, when built with clang-19 and CUDA
+12.5, a CUDA one (``_tf_dcn_ops_cuda.so``, which runs on TensorFlow's own CUDA 12 runtime). Exactly
+one of them may be loaded in a process: both register the same ops. The CUDA library is chosen
+only when it exists, TensorFlow is a CUDA build and the driver supports CUDA 12.0 or newer (r525
+and up, what TensorFlow 2.21 itself needs). ``TF_DCN_OPS=cpu`` or ``TF_DCN_OPS=cuda`` forces the
+choice; with a forced CUDA library on a too-old driver the GPU ops raise
+``FailedPreconditionError`` naming the requirement.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import tensorflow as tf
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 CPU_LIBRARY = os.path.join(_PACKAGE_DIR, "_tf_dcn_ops.so")
 CUDA_LIBRARY = os.path.join(_PACKAGE_DIR, "_tf_dcn_ops_cuda.so")
-_MIN_CUDA_DRIVER = 13000  # cuDriverGetVersion() of a CUDA 13.0 capable driver
+_MIN_CUDA_DRIVER = 12000  # cuDriverGetVersion() of a CUDA 12.0 driver (r525); gpu_runtime.h
 
 _lock = threading.Lock()
 _module: ModuleType | None = None

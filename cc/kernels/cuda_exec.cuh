@@ -26,7 +26,7 @@ struct CudaExec {
   cudaStream_t stream;
 
   // Blocks for n elements: enough to fill the device (queried, not taken from Eigen/TF helpers,
-  // whose cudaDeviceProp layout differs under CUDA 13), capped so a grid-stride loop covers the
+  // whose cudaDeviceProp layout differs between CUDA versions), capped so a grid-stride loop covers the
   // rest.
   int Blocks(int64_t n, int* blocks) {
     if (max_blocks_ == 0) {
@@ -53,6 +53,11 @@ struct CudaExec {
   int Zero(void* p, int64_t bytes) {
     if (bytes <= 0) return kGpuOk;
     return cudaMemsetAsync(p, 0, static_cast<size_t>(bytes), stream);
+  }
+  int CopyToHost(void* host, const void* device, int64_t bytes) {
+    if (bytes <= 0) return kGpuOk;
+    return cudaMemcpyAsync(host, device, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost,
+                           stream);
   }
   int SortPairsTempBytes(int64_t n, int end_bit, int64_t* bytes) {
     size_t temp = 0;

@@ -1,4 +1,4 @@
-// Per-element helpers shared by the CPU kernels (g++) and the CUDA kernels (nvcc).
+// Per-element helpers shared by the CPU kernels (g++) and the CUDA kernels (clang-19).
 //
 // This header includes no TensorFlow headers: it is plain C++ usable from host and device code.
 // Everything that decides *where* a bilinear sample reads and *with which weights* lives here

@@ -10,6 +10,15 @@
 
 namespace tf_dcn {
 
+int DeformPSRoIPoolGpuCheckBatchIndices(bool rois_double, int64_t num_rois, int64_t batch,
+                                        const GpuLaunch& launch, const void* rois, void* scratch,
+                                        RoiBatchCheck* host) {
+  return rois_double ? pool_gpu::CheckBatchIndices<CudaExec, double>(num_rois, batch, launch, rois,
+                                                                      scratch, host)
+                     : pool_gpu::CheckBatchIndices<CudaExec, float>(num_rois, batch, launch, rois,
+                                                                     scratch, host);
+}
+
 int DeformPSRoIPoolGpuWorkspaceBytes(ElementType type, bool /*rois_double*/,
                                      const DeformPSRoIPoolDims& d, const GpuLaunch& launch,
                                      bool backward, int64_t* bytes) {

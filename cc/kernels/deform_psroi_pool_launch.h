@@ -27,6 +27,7 @@
 #ifndef TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_LAUNCH_H_
 #define TF_DCN_CC_KERNELS_DEFORM_PSROI_POOL_LAUNCH_H_
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -73,8 +74,17 @@ TF_DCN_HD int64_t GroupCell(const Shape& s, int64_t ph, int64_t pw) {
          PoolGroupIndex(pw, s.dims.group_size, s.dims.pooled_size);
 }
 
-// One unit: the RoI's batch index (validated by the caller) and box, and the first sample
-// position of the bin; nan_origin when the box is not finite.
+// Whether a batch index (rois[r, 0]) is an integer in [0, batch): the op's check, and the guard
+// that keeps the kernels from reading features of an image that does not exist.
+template <typename TR>
+TF_DCN_HD bool ValidBatchIndex(TR value, int64_t batch) {
+  const double v = static_cast<double>(value);
+  return v >= 0.0 && v < static_cast<double>(batch) && ::floor(v) == v;
+}
+
+// One unit: the RoI's batch index and box, and the first sample position of the bin;
+// nan_origin when the box is not finite or the batch index is invalid (the op reports that
+// error; the bin then reads nothing).
 template <typename A>
 struct Bin {
   int64_t batch;
@@ -89,11 +99,12 @@ TF_DCN_HD Bin<A> MakeBin(const Shape& s, const TR* rois, const T* offsets, int64
                          int64_t pw, int64_t cls) {
   const TR* box = rois + r * 5;
   Bin<A> b;
-  b.batch = static_cast<int64_t>(box[0]);
+  const bool valid_batch = ValidBatchIndex(box[0], s.dims.batch);
+  b.batch = valid_batch ? static_cast<int64_t>(box[0]) : 0;
   b.roi = MakePoolRoi<A, TR>(box[1], box[2], box[3], box[4], A(s.dims.spatial_scale),
                              s.dims.pooled_size, s.dims.sample_per_part);
   b.h0 = b.w0 = A(0);
-  b.nan_origin = !b.roi.finite;
+  b.nan_origin = !b.roi.finite || !valid_batch;
   if (b.nan_origin) return b;
   const T* roi_offsets =
       offsets == nullptr ? nullptr
@@ -389,6 +400,51 @@ struct OffsetGrad {
   }
 };
 
+// The batch-index check (DeformPSRoIPoolGpuCheckBatchIndices): reset, one thread per RoI, then
+// the value of the first bad one.
+struct ResetBatchCheck {
+  RoiBatchCheck* result;
+  int64_t num_rois;
+  TF_DCN_HD void operator()(int64_t) const {
+    result->first_bad = num_rois;
+    result->value = 0.0;
+  }
+};
+template <typename TR>
+struct FindBadBatchIndex {
+  const TR* rois;
+  int64_t batch;
+  RoiBatchCheck* result;
+  TF_DCN_HD void operator()(int64_t r) const {
+    if (!ValidBatchIndex(rois[r * 5], batch)) AtomicMinTo(&result->first_bad, r);
+  }
+};
+template <typename TR>
+struct ReadBadBatchIndex {
+  const TR* rois;
+  int64_t num_rois;
+  RoiBatchCheck* result;
+  TF_DCN_HD void operator()(int64_t) const {
+    if (result->first_bad < num_rois) {
+      result->value = static_cast<double>(rois[result->first_bad * 5]);
+    }
+  }
+};
+
+template <typename Exec, typename TR>
+int CheckBatchIndices(int64_t num_rois, int64_t batch, const GpuLaunch& launch, const void* rois_v,
+                      void* scratch, RoiBatchCheck* host) {
+  Exec exec(launch);
+  const TR* rois = static_cast<const TR*>(rois_v);
+  RoiBatchCheck* result = static_cast<RoiBatchCheck*>(scratch);
+  TF_DCN_GPU_TRY(exec.ForEach(1, ResetBatchCheck{result, num_rois}));
+  if (num_rois > 0) {
+    TF_DCN_GPU_TRY(exec.ForEach(num_rois, FindBadBatchIndex<TR>{rois, batch, result}));
+    TF_DCN_GPU_TRY(exec.ForEach(1, ReadBadBatchIndex<TR>{rois, num_rois, result}));
+  }
+  return exec.CopyToHost(host, result, static_cast<int64_t>(sizeof(RoiBatchCheck)));
+}
+
 // Pieces of the workspace. Built twice: once with base == nullptr to measure, once to carve.
 // The forward pass needs none.
 template <typename T>
@@ -442,7 +498,7 @@ int WorkspaceBytes(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, bool b
   return kGpuOk;
 }
 
-// features [N, H, W, C], rois [R, 5] (batch indices validated by the caller), offsets
+// features [N, H, W, C], rois [R, 5] (batch indices checked by the caller), offsets
 // [R, part, part, 2*K] or nullptr, output [R, P, P, D]. All device pointers.
 template <typename Exec, typename T, typename TR>
 int Forward(const DeformPSRoIPoolDims& d, const GpuLaunch& launch, const void* features,

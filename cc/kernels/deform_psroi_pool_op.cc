@@ -2,9 +2,12 @@
 // output allocation, shared by every device. The maths is in the device functors
 // (deform_psroi_pool_cpu.cc; cc/kernels/gpu/deform_psroi_pool_gpu_functor.cc in the CUDA library).
 //
-// The batch indices of `rois` are validated here by reading the tensor on the host: on the GPU,
-// `rois` stays in device memory (the kernels read it there) and a host copy of it is validated
-// (ValidateRois), so the error messages are the same on every device.
+// The batch indices of `rois` are values, not shapes: on the CPU they are checked before the
+// kernels run. On the GPU `rois` stays in device memory and the ops are AsyncOpKernels (like
+// TensorFlow's crop_and_resize): a small kernel finds the first bad batch index and copies it into
+// pinned host memory, the pooling kernels are enqueued behind it (they read no features for a bad
+// index), and TensorFlow's EventMgr calls back once the stream has passed the copy; the callback
+// sets the same InvalidArgumentError as the CPU. No stream synchronisation, no host copy of rois.
 #define EIGEN_USE_THREADS
 
 #include <cmath>
@@ -22,8 +25,11 @@
 #include "tensorflow/core/framework/tensor_shape.h"
 #if TF_DCN_WITH_CUDA
 #include <type_traits>
+#include <utility>
 
+#include "cc/kernels/deform_psroi_pool_gpu.h"
 #include "cc/kernels/gpu/gpu_op_util.h"
+#include "tensorflow/core/common_runtime/device/device_event_mgr.h"
 #endif
 
 namespace tf_dcn {
@@ -155,60 +161,33 @@ absl::Status ComputeDeformPSRoIPoolDims(const DeformPSRoIPoolAttrs& a, const Ten
   return absl::OkStatus();
 }
 
-// Every batch index must be a finite integer in [0, N): checked before any kernel indexes
-// features with it.
-template <typename TR>
-absl::Status ValidateBatchIndices(const Tensor& rois, int64_t batch) {
-  const auto r = rois.matrix<TR>();
-  for (int64_t i = 0; i < rois.dim_size(0); ++i) {
-    const double v = static_cast<double>(r(i, 0));
-    const auto where = [&] { return absl::StrCat("rois: batch index rois[", i, ", 0] = ", v); };
-    if (!std::isfinite(v)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where(), " is not finite; expected an integer in [0, ", batch, ") (N of features)"));
-    }
-    if (std::floor(v) != v) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where(), " is not an integer; expected an integer in [0, ", batch, ") (N of features)"));
-    }
-    if (v < 0.0 || v >= static_cast<double>(batch)) {
-      return absl::InvalidArgumentError(absl::StrCat(where(), " is out of range; expected an ",
-                                                     "integer in [0, ", batch,
-                                                     ") (N of features)"));
-    }
+// The error for batch index rois[i, 0] = v when it is not an integer in [0, N), else OK.
+absl::Status CheckBatchIndex(int64_t i, double v, int64_t batch) {
+  const auto where = [&] { return absl::StrCat("rois: batch index rois[", i, ", 0] = ", v); };
+  if (!std::isfinite(v)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where(), " is not finite; expected an integer in [0, ", batch, ") (N of features)"));
+  }
+  if (std::floor(v) != v) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where(), " is not an integer; expected an integer in [0, ", batch, ") (N of features)"));
+  }
+  if (v < 0.0 || v >= static_cast<double>(batch)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where(), " is out of range; expected an integer in [0, ", batch, ") (N of features)"));
   }
   return absl::OkStatus();
 }
 
-// ValidateBatchIndices on the device's `rois`: on the GPU, of a host copy made on the op's stream.
-template <typename Device, typename TR>
-absl::Status ValidateRois(OpKernelContext* ctx, const Tensor& rois, int64_t batch,
-                          const char* op_name) {
-#if TF_DCN_WITH_CUDA
-  if constexpr (std::is_same_v<Device, GpuDevice>) {
-    if (rois.NumElements() == 0) return absl::OkStatus();
-    auto* device_context = ctx->op_device_context();
-    if (device_context == nullptr || device_context->stream() == nullptr) {
-      return absl::InternalError("tf-dcn: no GPU stream in the op context");
-    }
-    ::tensorflow::AllocatorAttributes host_attr;
-    host_attr.set_on_host(true);
-    host_attr.set_gpu_compatible(true);
-    Tensor host;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(rois.dtype(), rois.shape(), &host, host_attr));
-    TF_RETURN_IF_ERROR(GpuCodeToStatus(
-        GpuCopyToHostSync(device_context->stream()->platform_specific_handle().stream, host.data(),
-                          rois.data(), static_cast<int64_t>(rois.TotalBytes())),
-        op_name));
-    return ValidateBatchIndices<TR>(host, batch);
-  } else {
-    return ValidateBatchIndices<TR>(rois, batch);
+// Every batch index of host `rois` must be a finite integer in [0, N): checked before any kernel
+// indexes features with it.
+template <typename TR>
+absl::Status ValidateBatchIndices(const Tensor& rois, int64_t batch) {
+  const auto r = rois.matrix<TR>();
+  for (int64_t i = 0; i < rois.dim_size(0); ++i) {
+    TF_RETURN_IF_ERROR(CheckBatchIndex(i, static_cast<double>(r(i, 0)), batch));
   }
-#else
-  (void)ctx;
-  (void)op_name;
-  return ValidateBatchIndices<TR>(rois, batch);
-#endif
+  return absl::OkStatus();
 }
 
 absl::Status OutputShape(const DeformPSRoIPoolDims& d, TensorShape* shape) {
@@ -216,94 +195,162 @@ absl::Status OutputShape(const DeformPSRoIPoolDims& d, TensorShape* shape) {
                                        shape);
 }
 
-// The validation shared by the forward and the gradient op: every input (inputs 0-2 are
-// features, rois, offsets in both), the batch indices of rois on any device, the output shape.
-template <typename Device, typename TR>
-absl::Status PrepareDeformPSRoIPool(OpKernelContext* ctx, const DeformPSRoIPoolAttrs& attrs,
-                                    const char* op_name, DeformPSRoIPoolDims* d,
-                                    TensorShape* out_shape) {
-  TF_RETURN_IF_ERROR(
-      ComputeDeformPSRoIPoolDims(attrs, ctx->input(0), ctx->input(1), ctx->input(2), d));
-  TF_RETURN_IF_ERROR((ValidateRois<Device, TR>(ctx, ctx->input(1), d->batch, op_name)));
-  return OutputShape(*d, out_shape);
-}
-
-}  // namespace
-
+// The forward op after validation: allocates the output and runs the device's functor.
 template <typename Device, typename T, typename TR>
-class DeformPSRoIPoolOp : public OpKernel {
- public:
-  explicit DeformPSRoIPoolOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, attrs_.Init(ctx));
-  }
+struct ForwardPass {
+  static constexpr const char* kName = "TfDcn>DeformablePSRoIPool";
 
-  void Compute(OpKernelContext* ctx) override {
+  static absl::Status Run(OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
+                          const TensorShape& out_shape) {
     const Tensor& features = ctx->input(0);
     const Tensor& rois = ctx->input(1);
     const Tensor& offsets = ctx->input(2);
-    DeformPSRoIPoolDims d;
-    TensorShape out_shape;
-    OP_REQUIRES_OK(ctx, (PrepareDeformPSRoIPool<Device, TR>(
-                            ctx, attrs_, "TfDcn>DeformablePSRoIPool", &d, &out_shape)));
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &output));
-    if (output->NumElements() == 0) return;
-    OP_REQUIRES_OK(ctx, DeformPSRoIPoolForward<Device, T, TR>()(
-                            ctx, d, features.flat<T>().data(), rois.flat<TR>().data(),
-                            DataOrNull<T>(offsets, d.use_offsets), output->flat<T>().data()));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, out_shape, &output));
+    if (output->NumElements() == 0) return absl::OkStatus();
+    return DeformPSRoIPoolForward<Device, T, TR>()(
+        ctx, d, features.flat<T>().data(), rois.flat<TR>().data(),
+        DataOrNull<T>(offsets, d.use_offsets), output->flat<T>().data());
   }
-
- private:
-  DeformPSRoIPoolAttrs attrs_;
 };
 
+// The gradient op after validation (input 3 is grad_output).
 template <typename Device, typename T, typename TR>
-class DeformPSRoIPoolGradOp : public OpKernel {
- public:
-  explicit DeformPSRoIPoolGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, attrs_.Init(ctx));
-  }
+struct BackwardPass {
+  static constexpr const char* kName = "TfDcn>DeformablePSRoIPoolGrad";
 
-  void Compute(OpKernelContext* ctx) override {
+  static absl::Status Run(OpKernelContext* ctx, const DeformPSRoIPoolDims& d,
+                          const TensorShape& out_shape) {
     const Tensor& features = ctx->input(0);
     const Tensor& rois = ctx->input(1);
     const Tensor& offsets = ctx->input(2);
     const Tensor& grad_output = ctx->input(3);
+    if (grad_output.shape() != out_shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "grad_output: expected shape ", out_shape.DebugString(), " (the forward output), got ",
+          grad_output.shape().DebugString()));
+    }
+    Tensor *grad_features = nullptr, *grad_offsets = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, features.shape(), &grad_features));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(
+        1, d.use_offsets ? offsets.shape() : TensorShape({0}), &grad_offsets));
+    if (grad_features->NumElements() == 0 && grad_offsets->NumElements() == 0) {
+      return absl::OkStatus();
+    }
+    return DeformPSRoIPoolBackward<Device, T, TR>()(
+        ctx, d, features.flat<T>().data(), rois.flat<TR>().data(),
+        DataOrNull<T>(offsets, d.use_offsets), grad_output.flat<T>().data(),
+        grad_features->flat<T>().data(), d.use_offsets ? grad_offsets->flat<T>().data() : nullptr);
+  }
+};
+
+// Shape validation shared by every device and both ops (inputs 0-2 are features, rois, offsets).
+absl::Status PrepareDims(OpKernelContext* ctx, const DeformPSRoIPoolAttrs& attrs,
+                         DeformPSRoIPoolDims* d, TensorShape* out_shape) {
+  TF_RETURN_IF_ERROR(
+      ComputeDeformPSRoIPoolDims(attrs, ctx->input(0), ctx->input(1), ctx->input(2), d));
+  return OutputShape(*d, out_shape);
+}
+
+// The CPU op: validation (rois' batch indices included), then Pass::Run.
+template <typename Pass, typename TR>
+class PoolCpuOp : public OpKernel {
+ public:
+  explicit PoolCpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Init(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
     DeformPSRoIPoolDims d;
     TensorShape out_shape;
-    OP_REQUIRES_OK(ctx, (PrepareDeformPSRoIPool<Device, TR>(
-                            ctx, attrs_, "TfDcn>DeformablePSRoIPoolGrad", &d, &out_shape)));
-    OP_REQUIRES(ctx, grad_output.shape() == out_shape,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "grad_output: expected shape ", out_shape.DebugString(),
-                    " (the forward output), got ", grad_output.shape().DebugString())));
-    Tensor *grad_features = nullptr, *grad_offsets = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, features.shape(), &grad_features));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, d.use_offsets ? offsets.shape() : TensorShape({0}),
-                                             &grad_offsets));
-    if (grad_features->NumElements() == 0 && grad_offsets->NumElements() == 0) return;
-    OP_REQUIRES_OK(ctx, DeformPSRoIPoolBackward<Device, T, TR>()(
-                            ctx, d, features.flat<T>().data(), rois.flat<TR>().data(),
-                            DataOrNull<T>(offsets, d.use_offsets), grad_output.flat<T>().data(),
-                            grad_features->flat<T>().data(),
-                            d.use_offsets ? grad_offsets->flat<T>().data() : nullptr));
+    OP_REQUIRES_OK(ctx, PrepareDims(ctx, attrs_, &d, &out_shape));
+    OP_REQUIRES_OK(ctx, ValidateBatchIndices<TR>(ctx->input(1), d.batch));
+    OP_REQUIRES_OK(ctx, Pass::Run(ctx, d, out_shape));
   }
 
  private:
   DeformPSRoIPoolAttrs attrs_;
 };
+
+#if TF_DCN_WITH_CUDA
+// The GPU op: shape validation, the batch-index check and Pass::Run enqueued on the op's stream,
+// then the check's result read in an EventMgr callback (see the file comment).
+template <typename Pass, typename TR>
+class PoolGpuOp : public ::tensorflow::AsyncOpKernel {
+ public:
+  explicit PoolGpuOp(OpKernelConstruction* ctx) : AsyncOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Init(ctx));
+  }
+
+  void ComputeAsync(OpKernelContext* ctx, DoneCallback done) override {
+    DeformPSRoIPoolDims d;
+    TensorShape out_shape;
+    OP_REQUIRES_OK_ASYNC(ctx, PrepareDims(ctx, attrs_, &d, &out_shape), done);
+    if (d.num_rois == 0) {
+      OP_REQUIRES_OK_ASYNC(ctx, Pass::Run(ctx, d, out_shape), done);
+      done();
+      return;
+    }
+    const auto* info = ctx->device()->tensorflow_accelerator_device_info();
+    OP_REQUIRES_ASYNC(ctx, info != nullptr && info->event_mgr != nullptr,
+                      absl::InternalError("tf-dcn: the GPU device has no EventMgr"), done);
+    GpuLaunch launch;
+    OP_REQUIRES_OK_ASYNC(ctx, MakeGpuLaunch(ctx, /*gemm=*/nullptr, &launch), done);
+    // The check's result: device scratch, and pinned host memory the callback reads.
+    ::tensorflow::AllocatorAttributes pinned;
+    pinned.set_on_host(true);
+    pinned.set_gpu_compatible(true);
+    const int64_t bytes = static_cast<int64_t>(sizeof(RoiBatchCheck));
+    Tensor scratch, host;
+    OP_REQUIRES_OK_ASYNC(ctx,
+                         ctx->allocate_temp(::tensorflow::DT_UINT8, TensorShape({bytes}), &scratch),
+                         done);
+    OP_REQUIRES_OK_ASYNC(
+        ctx, ctx->allocate_temp(::tensorflow::DT_UINT8, TensorShape({bytes}), &host, pinned),
+        done);
+    auto* result = reinterpret_cast<RoiBatchCheck*>(host.flat<uint8_t>().data());
+    OP_REQUIRES_OK_ASYNC(
+        ctx,
+        GpuCodeToStatus(DeformPSRoIPoolGpuCheckBatchIndices(
+                            std::is_same_v<TR, double>, d.num_rois, d.batch, launch,
+                            ctx->input(1).data(), scratch.flat<uint8_t>().data(), result),
+                        Pass::kName),
+        done);
+    // From here the copy into `host` is in flight: every path ends in the callback, which keeps
+    // `host` alive until the stream has passed the copy.
+    const absl::Status run = Pass::Run(ctx, d, out_shape);
+    const int64_t batch = d.batch;
+    info->event_mgr->ThenExecute(
+        ctx->op_device_context()->stream(),
+        [ctx, host, result, batch, run, done = std::move(done)]() {
+          absl::Status status = absl::OkStatus();
+          if (result->first_bad < ctx->input(1).dim_size(0)) {
+            status = CheckBatchIndex(result->first_bad, result->value, batch);
+          }
+          if (status.ok()) status = run;
+          if (!status.ok()) ctx->SetStatus(status);
+          done();
+        });
+  }
+
+ private:
+  DeformPSRoIPoolAttrs attrs_;
+};
+#endif  // TF_DCN_WITH_CUDA
+
+}  // namespace
 
 #define TF_DCN_REGISTER_CPU(T, TR)                              \
   REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPool")     \
                               .Device(::tensorflow::DEVICE_CPU) \
                               .TypeConstraint<T>("T")           \
                               .TypeConstraint<TR>("Troi"),      \
-                          DeformPSRoIPoolOp<CPUDevice, T, TR>); \
+                          PoolCpuOp<ForwardPass<CPUDevice, T, TR>, TR>); \
   REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPoolGrad") \
                               .Device(::tensorflow::DEVICE_CPU) \
                               .TypeConstraint<T>("T")           \
                               .TypeConstraint<TR>("Troi"),      \
-                          DeformPSRoIPoolGradOp<CPUDevice, T, TR>);
+                          PoolCpuOp<BackwardPass<CPUDevice, T, TR>, TR>);
 #define TF_DCN_REGISTER_CPU_ALL_ROIS(T) TF_DCN_CALL_ROI_TYPES(TF_DCN_REGISTER_CPU, T)
 TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_REGISTER_CPU_ALL_ROIS)
 #undef TF_DCN_REGISTER_CPU_ALL_ROIS
@@ -311,18 +358,18 @@ TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_REGISTER_CPU_ALL_ROIS)
 
 #if TF_DCN_WITH_CUDA
 // Same kernels on the GPU (CUDA op library only); the functors are in cc/kernels/gpu/. Every
-// input, rois included, is in device memory (ValidateRois copies rois to the host).
+// input, rois included, is in device memory (PoolGpuOp checks rois there).
 #define TF_DCN_REGISTER_GPU(T, TR)                              \
   REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPool")     \
                               .Device(::tensorflow::DEVICE_GPU) \
                               .TypeConstraint<T>("T")           \
                               .TypeConstraint<TR>("Troi"),      \
-                          DeformPSRoIPoolOp<GpuDevice, T, TR>); \
+                          PoolGpuOp<ForwardPass<GpuDevice, T, TR>, TR>); \
   REGISTER_KERNEL_BUILDER(Name("TfDcn>DeformablePSRoIPoolGrad") \
                               .Device(::tensorflow::DEVICE_GPU) \
                               .TypeConstraint<T>("T")           \
                               .TypeConstraint<TR>("Troi"),      \
-                          DeformPSRoIPoolGradOp<GpuDevice, T, TR>);
+                          PoolGpuOp<BackwardPass<GpuDevice, T, TR>, TR>);
 #define TF_DCN_REGISTER_GPU_ALL_ROIS(T) TF_DCN_CALL_ROI_TYPES(TF_DCN_REGISTER_GPU, T)
 TF_DCN_CALL_ELEMENT_TYPES(TF_DCN_REGISTER_GPU_ALL_ROIS)
 #undef TF_DCN_REGISTER_GPU_ALL_ROIS

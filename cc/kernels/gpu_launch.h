@@ -1,6 +1,6 @@
 // What every GPU launcher shares, with no TensorFlow and no CUDA headers, so that it is compiled
-// by nvcc (the CUDA launchers), by g++ (the TensorFlow shims) and by the host emulation that runs
-// the launchers' exact code on the CPU in the test suite (tests/test_gpu_emulation_*.py).
+// by clang-19 (the CUDA launchers), by g++ (the TensorFlow shims) and by the host emulation that
+// runs the launchers' exact code on the CPU in the test suite (tests/test_gpu_emulation_*.py).
 //
 // A launcher is written once as a template over an *executor* `Exec`:
 //   template <class F> int Exec::ForEach(int64_t n, const F& f)
@@ -13,6 +13,8 @@
 //                       int64_t n, int end_bit)
 //       stable ascending sort on the low end_bit bits of the keys (cub radix sort on the device,
 //       std::stable_sort on the host).
+//   int Exec::CopyToHost(void* host, const void* device, int64_t bytes)
+//       enqueues a copy into host memory the device can write (pinned); asynchronous on the GPU.
 // Every call returns 0 or an error code (below).
 // Matrix products go through a caller-supplied GemmFn (TensorFlow's BLAS in the op, cuBLAS in
 // tests/gpu, a plain loop in the emulation), so the .cu files need no BLAS library.
@@ -32,6 +34,7 @@ enum GpuErrorCode : int {
   kGpuGemmFailed = -1,         // the GemmFn reported a failure
   kGpuWorkspaceTooSmall = -2,  // the caller passed less workspace than *WorkspaceBytes asked for
   kGpuNoGemm = -3,             // a matrix product was needed but no GemmFn was given
+  kGpuNoCudaRuntime = -4,      // no CUDA 12 runtime in the process (gpu/cuda_runtime_forward.cc)
 };
 constexpr int kCudaErrorInsufficientDriver = 35;  // cudaErrorInsufficientDriver
 
@@ -75,6 +78,15 @@ TF_DCN_HD void AtomicAddTo(A* p, A v) {
   atomicAdd(p, v);
 #else
   *p += v;
+#endif
+}
+
+// *p = min(*p, v): an atomic minimum on the device, a plain one in the host emulation.
+TF_DCN_HD void AtomicMinTo(long long* p, long long v) {
+#if defined(__CUDA_ARCH__)
+  atomicMin(p, v);
+#else
+  if (v < *p) *p = v;
 #endif
 }
 

@@ -16,9 +16,14 @@ const char* GpuErrorString(int code) {
       return "internal error: the temporary workspace is smaller than the launcher requires";
     case kGpuNoGemm:
       return "internal error: no matrix-product routine was supplied to the launcher";
+    case kGpuNoCudaRuntime:
+      return "no CUDA 12 runtime in this process: tf-dcn's CUDA library uses TensorFlow's own "
+             "(the GPU build of TensorFlow 2.21 with its nvidia-cuda-runtime-cu12 package, e.g. "
+             "`pip install tensorflow[and-cuda]==2.21.*`), or set TF_DCN_OPS=cpu";
     case kCudaErrorInsufficientDriver:
-      return "the NVIDIA driver is older than the CUDA 13 runtime of tf-dcn's CUDA library "
-             "(a CUDA 13 capable driver, r580 or newer, is required; or set TF_DCN_OPS=cpu)";
+      return "the NVIDIA driver is too old: tf-dcn's CUDA library runs on TensorFlow's CUDA 12 "
+             "runtime and needs a driver that supports CUDA 12.0 or newer (r525 or newer; the "
+             "same driver TensorFlow 2.21 itself needs), or set TF_DCN_OPS=cpu";
     case cudaErrorNoKernelImageForDevice:
       return "no kernel image for this GPU: tf-dcn's CUDA library is built for sm_75 to sm_90 "
              "(plus compute_90 PTX); rebuild with `make gpu CUDA_ARCHS=...` for this GPU, or set "
@@ -28,24 +33,25 @@ const char* GpuErrorString(int code) {
   }
 }
 
+int GpuDriverVersion() {
+  static const int version = [] {
+    int driver = 0;
+    return cudaDriverGetVersion(&driver) == cudaSuccess ? driver : 0;
+  }();
+  return version;
+}
+
 int GpuDriverStatus() {
   static const int status = [] {
+    if (const int runtime = CudaRuntimeStatus()) return runtime;
     int driver = 0;
     const cudaError_t e = cudaDriverGetVersion(&driver);
     if (e != cudaSuccess) return static_cast<int>(e);
-    if (driver < CUDART_VERSION) return kCudaErrorInsufficientDriver;
+    if (driver == 0) return static_cast<int>(cudaErrorNoDevice);  // no driver installed at all
+    if (driver < kMinCudaDriverVersion) return kCudaErrorInsufficientDriver;
     return 0;
   }();
   return status;
-}
-
-int GpuCopyToHostSync(void* stream, void* host, const void* device, int64_t bytes) {
-  if (bytes <= 0) return 0;
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  cudaError_t e =
-      cudaMemcpyAsync(host, device, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, s);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
-  return static_cast<int>(e);
 }
 
 }  // namespace tf_dcn

@@ -27,6 +27,10 @@ struct HostExec {
     if (bytes > 0) std::memset(p, 0, bytes);
     return kGpuOk;
   }
+  int CopyToHost(void* host, const void* device, int64_t bytes) {
+    if (bytes > 0) std::memcpy(host, device, bytes);
+    return kGpuOk;
+  }
   int SortPairsTempBytes(int64_t, int, int64_t* bytes) {
     *bytes = 0;
     return kGpuOk;

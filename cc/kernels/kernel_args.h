@@ -1,5 +1,6 @@
 // Element types and raw-pointer argument bundles shared by the CPU kernels (g++), the CUDA
-// launchers (nvcc) and the framework-free C APIs. Plain C++: no TensorFlow, Eigen or CUDA headers.
+// launchers (clang-19) and the framework-free C APIs. Plain C++: no TensorFlow, Eigen or CUDA
+// headers.
 #ifndef TF_DCN_CC_KERNELS_KERNEL_ARGS_H_
 #define TF_DCN_CC_KERNELS_KERNEL_ARGS_H_
 

@@ -1,5 +1,5 @@
 // See capi.h. One source, two builds: TF_DCN_CAPI_EMULATION selects the host executor (g++),
-// otherwise the CUDA entry points of cc/kernels/*.cu are called (nvcc, tests/gpu/run.sh).
+// otherwise the CUDA entry points of cc/kernels/*.cu are called (clang-19, tests/gpu/run.sh).
 #include "tests/gpu/capi.h"
 
 #include <cstddef>
@@ -243,6 +243,29 @@ int tfdcn_pool_backward(int type, int rois_double, const TfDcnPoolDims* dims, in
   return tf_dcn::DeformPSRoIPoolGpuBackward(
       static_cast<ElementType>(type), rois_double != 0, d, launch, features, rois, offsets,
       grad_output, grad_features, grad_offsets, workspace, workspace_bytes);
+#endif
+}
+
+int tfdcn_pool_check_batch_indices(int rois_double, int64_t num_rois, int64_t batch, void* stream,
+                                   const void* rois, void* scratch, void* host_result) {
+  const GpuLaunch launch = MakeLaunch(0, stream);
+  auto* result = static_cast<tf_dcn::RoiBatchCheck*>(host_result);
+#if defined(TF_DCN_CAPI_EMULATION)
+  return rois_double ? tf_dcn::pool_gpu::CheckBatchIndices<Exec, double>(num_rois, batch, launch,
+                                                                          rois, scratch, result)
+                     : tf_dcn::pool_gpu::CheckBatchIndices<Exec, float>(num_rois, batch, launch,
+                                                                         rois, scratch, result);
+#else
+  return tf_dcn::DeformPSRoIPoolGpuCheckBatchIndices(rois_double != 0, num_rois, batch, launch,
+                                                     rois, scratch, result);
+#endif
+}
+
+int tfdcn_driver_status(void) {
+#if defined(TF_DCN_CAPI_EMULATION)
+  return 0;
+#else
+  return tf_dcn::GpuDriverStatus();
 #endif
 }
 

@@ -2,7 +2,7 @@
  * (the dims are the kernels' C++ structs); the callers are ctypes (capi_ctypes.py).
  *
  * Built two ways from capi.cc:
- *   - on a GPU machine by tests/gpu/run.sh (nvcc): the CUDA launchers of cc/kernels (.cu files),
+ *   - on a GPU by tests/gpu/run.sh (clang-19): the CUDA launchers of cc/kernels (.cu files),
  * device pointers, a cudaStream_t, cuBLAS for the matrix products; driven by check_gpu.py against
  *     torchvision on CUDA;
  *   - everywhere by `make build` (g++, TF_DCN_CAPI_EMULATION): the *same launcher code* run by
@@ -67,6 +67,16 @@ int tfdcn_pool_backward(int type, int rois_double, const TfDcnPoolDims* dims, in
                         void* stream, const void* features, const void* rois, const void* offsets,
                         const void* grad_output, void* grad_features, void* grad_offsets,
                         void* workspace, int64_t workspace_bytes);
+
+/* The batch-index check of the pooling ops: writes {first bad RoI (num_rois if none), its
+ * rois[r, 0]} (int64, float64) into host_result, which on the GPU must be pinned host memory;
+ * scratch is 16 bytes of device memory. Asynchronous on the GPU: synchronise the stream first. */
+int tfdcn_pool_check_batch_indices(int rois_double, int64_t num_rois, int64_t batch, void* stream,
+                                   const void* rois, void* scratch, void* host_result);
+
+/* 0 when a CUDA 12 runtime and a driver for CUDA 12.0 or newer are present (always 0 in the
+ * emulation), else the error code (tfdcn_error_string explains it). */
+int tfdcn_driver_status(void);
 
 }  // extern "C"
 

@@ -83,7 +83,16 @@ SIGNATURES = {
     # ... stream, features, rois, offsets, grad_output, grad_features, grad_offsets, workspace,
     # bytes
     "tfdcn_pool_backward": [_I, _I, _POOL, _I, _P] + [_P] * 7 + [_I64],
+    # rois_double, num_rois, batch, stream, rois, scratch, host_result
+    "tfdcn_pool_check_batch_indices": [_I, _I64, _I64, _P, _P, _P, _P],
+    "tfdcn_driver_status": [],
 }
+
+
+class RoiBatchCheck(ctypes.Structure):
+    """``tf_dcn::RoiBatchCheck``: the first RoI with a bad batch index (R if none) and its value."""
+
+    _fields_ = [("first_bad", ctypes.c_longlong), ("value", ctypes.c_double)]
 
 
 def declare(lib: ctypes.CDLL) -> list[str]:

@@ -1,8 +1,8 @@
-// The GemmFn of the GPU test harness (tests/gpu/capi.cc built by nvcc): gpu_launch.h's GemmCall
-// (BLAS column-major, strided-batched) run by cuBLAS on the cudaStream_t passed as `context`.
+// The GemmFn of the GPU test harness (tests/gpu/capi.cc built by tests/gpu/run.sh): gpu_launch.h's
+// GemmCall (BLAS column-major, strided-batched) run by cuBLAS on the cudaStream_t passed as `context`.
 //
 // cuBLAS is loaded at run time with dlopen, so building needs no cuBLAS headers or library (the
-// CUDA 13 toolkit of the build machine has none). Search order:
+// CUDA 12 pip wheels the harness is built with have none). Search order:
 //   1. $TF_DCN_CUBLAS (a path; tests/gpu/run.sh points it at the copy in PyTorch's nvidia wheels),
 //   2. a libcublas already loaded in the process (PyTorch's), libcublas.so.13 then .so.12,
 //   3. dlopen of libcublas.so.13, libcublas.so.12, libcublas.so.

@@ -27,9 +27,15 @@ struct GpuDevice {};
 // Turns a launcher error code into an op error naming the op.
 inline absl::Status GpuCodeToStatus(int code, const char* op_name) {
   if (code == 0) return absl::OkStatus();
-  const std::string text =
+  std::string text =
       absl::StrCat(op_name, " on the GPU: ", GpuErrorString(code), " (error ", code, ")");
-  if (code == kCudaErrorInsufficientDriver) return absl::FailedPreconditionError(text);
+  if (code == kCudaErrorInsufficientDriver) {
+    const int driver = GpuDriverVersion();
+    absl::StrAppend(&text, "; the installed driver supports CUDA ", driver / 1000, ".",
+                    driver % 1000 / 10);
+    return absl::FailedPreconditionError(text);
+  }
+  if (code == kGpuNoCudaRuntime) return absl::FailedPreconditionError(text);
   return absl::InternalError(text);
 }
 
