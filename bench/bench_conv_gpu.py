@@ -43,8 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        print("bench_conv_gpu: TensorFlow sees no GPU (a CUDA build of TensorFlow, a CUDA 13 "
-              "capable driver and a GPU are needed); nothing to time.")
+        print("bench_conv_gpu: TensorFlow sees no GPU (a CUDA build of TensorFlow, a driver for "
+              "CUDA 12.0 or newer and a GPU are needed); nothing to time.")
         return
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -4,7 +4,7 @@ Custom C++ ops with registered gradients, channels-last (NHWC) like Keras:
 ``deform_conv2d`` (v1 offsets, modulated v2 with a mask), ``deform_psroi_pool`` (R-FCN) and
 ``deform_roi_pool`` (Faster R-CNN), and the Keras 3 layers in ``tf_dcn.layers``. Importing the
 package registers the layers with Keras' serialisation and loads one op library: the CUDA one
-when it was built, TensorFlow is a CUDA build and the driver supports CUDA 13, else the CPU one
+when it was built, TensorFlow is a CUDA build and the driver supports CUDA 12.0, else the CPU one
 (``TF_DCN_OPS=cpu|cuda`` forces either; ``loaded_library()`` says which).
 """
 

@@ -4,10 +4,9 @@
 glibc 2.34 moved libdl, libpthread and librt into libc and gave their functions a new default
 version, ``GLIBC_2.34``, while still exporting the old versions (``dlopen@GLIBC_2.2.5``, ...) as
 aliases of the same code. An object linked on glibc >= 2.34 therefore needs glibc 2.34 to load,
-although nothing in it needs a newer glibc. CUDA's ``libcudart_static.a`` and the objects nvcc
-emits (its runtime headers call ``dlopen``) are such cases: linked into ``_tf_dcn_ops_cuda.so``
-they would lift the wheel's floor to ``manylinux_2_34``, above TensorFlow 2.21's own
-``manylinux_2_27``.
+although nothing in it needs a newer glibc. The CUDA runtime forwarders of ``_tf_dcn_ops_cuda.so``
+(they call ``dlopen``/``dlsym``), and static CUDA runtimes in general, are such cases: they would
+lift the wheel's floor to ``manylinux_2_34``, above TensorFlow 2.21's own ``manylinux_2_27``.
 
 This script reads which symbols the input (an ``.o`` or an ``.a``) leaves undefined, looks each one up in the build
 machine's ``libc.so.6``, and where the default version is newer than ``--floor`` renames the

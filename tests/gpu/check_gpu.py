@@ -1,7 +1,7 @@
 """GPU check of tf-dcn's CUDA launchers, without TensorFlow.
 
-The one command, from the repository root on a machine with an NVIDIA GPU, nvcc, PyTorch and
-torchvision:
+The one command, from the repository root on a machine with an NVIDIA GPU, PyTorch and torchvision
+(and clang-19, or a library built elsewhere by ``run.sh --build-only``, then ``--prebuilt``):
 
     bash tests/gpu/run.sh
 
@@ -539,6 +539,32 @@ def check_pool_determinism(api: CApi, spec: PoolSpec) -> None:
            f"two deterministic runs bitwise equal: {same}; vs atomic: rel {worst:.1e} (tol 1e-05)")
 
 
+def check_batch_index_check(api: CApi) -> None:
+    """The pooling ops' device-side batch-index check: the first bad RoI and its value land in
+    pinned host memory asynchronously; valid rois report R."""
+    cases = [([0, 1, 2, 1], 3, 4, 0.0), ([0, 2, 1, 5], 2, 1, 2.0), ([1, 0, -1], 2, 2, -1.0),
+             ([0, 0.5, 7], 2, 1, 0.5), ([0, 1, math.inf], 2, 2, math.inf)]
+    # Many RoIs, the last one bad: the atomic minimum across blocks.
+    cases.append(([0] * 99_999 + [9], 1, 99_999, 9.0))
+    bad = []
+    for indices, batch, first_bad, value in cases:
+        for rois_double in (False, True):
+            rois = torch.zeros((len(indices), 5), dtype=torch.float64 if rois_double else
+                               torch.float32)
+            rois[:, 0] = torch.tensor(indices, dtype=torch.float64)
+            rois = rois.to(DEVICE)
+            scratch = torch.empty(16, dtype=torch.uint8, device=DEVICE)
+            host = torch.zeros(2, dtype=torch.float64).pin_memory()
+            api.call("tfdcn_pool_check_batch_indices", int(rois_double), len(indices), batch,
+                     stream(), ptr(rois), ptr(scratch), host.data_ptr())
+            torch.cuda.current_stream().synchronize()
+            result = capi_ctypes.RoiBatchCheck.from_address(host.data_ptr())
+            if result.first_bad != first_bad or not (result.value == value):
+                bad.append(f"{indices[:4]}{'...' if len(indices) > 4 else ''} -> "
+                           f"({result.first_bad}, {result.value}), want ({first_bad}, {value})")
+    report("pool batch-index check", not bad, "; ".join(bad) or f"{2 * len(cases)} cases")
+
+
 def run_pool_checks(api: CApi) -> None:
     pool_api = [name for name in api.missing if name.startswith("tfdcn_pool")]
     if pool_api:
@@ -555,6 +581,7 @@ def run_pool_checks(api: CApi) -> None:
     guarded("pool fp16 offsets", check_pool, api, ref, "G3 P3 offsets, float32 rois", spec,
             torch.float16, False, 1e-2, seed=4)
     guarded("pool fp32 deterministic backward", check_pool_determinism, api, spec)
+    guarded("pool batch-index check", check_batch_index_check, api)
 
 
 # ---- timing --------------------------------------------------------------------------------
@@ -644,6 +671,11 @@ def main() -> int:
           f"{torchvision.__version__}")
     print(f"library: {LIB_PATH}")
     api = CApi(LIB_PATH)
+    runtimes = sorted({line.split()[-1] for line in open("/proc/self/maps") if "libcudart" in line})
+    status = api.lib.tfdcn_driver_status()
+    report("CUDA 12 runtime and driver found by the forwarders", status == 0,
+           f"status {status} ({api.lib.tfdcn_error_string(status).decode()}); "
+           f"runtimes mapped: {', '.join(runtimes) or 'none'}")
     report("library is the CUDA build", api.lib.tfdcn_on_device() == 1,
            f"tfdcn_on_device() = {api.lib.tfdcn_on_device()}; missing entry points: "
            f"{', '.join(api.missing) or 'none'}")
