@@ -13,6 +13,10 @@
 #   make bench   CPU benchmarks (bench/); make bench-gpu: GPU benchmark (needs a GPU)
 #   make bazel   the CPU op library built with Bazel instead (build/bazel/_tf_dcn_ops.so)
 
+# Compile on every core (JOBS=1 for a serial build).
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+MAKEFLAGS += -j$(JOBS)
+
 PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV        := .venv
 PY          := $(VENV)/bin/python
@@ -215,7 +219,7 @@ $(EMU_LIB): tests/gpu/capi.cc tests/gpu/capi.h tests/gpu/host_gemm.h $(HEADERS) 
 build: $(STAMP) $(BUILD_INFO) $(OPS_LIB) $(EMU_LIB) $(if $(filter 1,$(CUDA)),$(CUDA_LIB))
 
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 demo: build
 	$(PY) -m tf_dcn.demo

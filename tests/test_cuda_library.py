@@ -195,31 +195,14 @@ def test_cpu_library_registers_cpu_kernels_only():
 
 
 @needs_cuda_library
-@pytest.mark.parametrize("tensorflow", ["tensorflow-cpu", "tensorflow (GPU build)"])
-def test_cuda_library_loads_into_tensorflow(tensorflow):
-    """tf.load_op_library of the CUDA library in both wheels of TensorFlow 2.21 (no GPU here)."""
-    env = {}
-    if tensorflow != "tensorflow-cpu":
-        env["PYTHONPATH"] = str(_gpu_tensorflow())
+def test_forced_cuda_library_computes_like_the_cpu_library_in_both_tensorflow_wheels():
+    """The CUDA library, forced with TF_DCN_OPS=cuda, loads into tensorflow-cpu and into the GPU
+    build of TensorFlow (no GPU or driver here), registers CPU and GPU kernels in both, and its CPU
+    kernels compute bitwise what the CPU library computes. Unforced, the GPU build without a driver
+    gets the CPU library."""
     code = (
-        "import json, tensorflow as tf\n"
+        "import json, numpy as np, tensorflow as tf, tf_dcn\n"
         "from tensorflow.python.framework import kernels\n"
-        f"module = tf.load_op_library({str(CUDA_LIBRARY)!r})\n"
-        f"ops = {OPS!r}\n"
-        "print(json.dumps([tf.__file__, tf.__version__, tf.test.is_built_with_cuda(),"
-        " sorted({k.device_type for op in ops"
-        " for k in kernels.get_registered_kernels_for_op(op).kernel})]))\n"
-    )
-    path, version, with_cuda, devices = json.loads(_run_python(code, **env))
-    assert version == _loader.tf.__version__ and devices == ["CPU", "GPU"]
-    assert with_cuda == (tensorflow != "tensorflow-cpu")
-    assert path.startswith(str(GPU_TF_SITE)) == (tensorflow != "tensorflow-cpu")
-
-
-@needs_cuda_library
-def test_forced_cuda_library_computes_like_the_cpu_library():
-    code = (
-        "import numpy as np, tensorflow as tf, tf_dcn\n"
         "from tf_dcn import _loader\n"
         "rng = np.random.default_rng(3)\n"
         "x = rng.normal(size=(2, 7, 6, 4)); k = rng.normal(size=(3, 3, 2, 6))\n"
@@ -233,16 +216,26 @@ def test_forced_cuda_library_computes_like_the_cpu_library():
         "g = tape.gradient(loss, xs)\n"
         "feat = rng.normal(size=(1, 9, 9, 18)); rois = np.array([[0, 1, 1, 6, 7]], np.float32)\n"
         "p = tf_dcn.deform_psroi_pool(feat, rois, output_dim=2, group_size=3, pooled_size=3)\n"
-        "print(_loader.loaded_library(), float(np.sum(y)), float(np.sum(g)), float(np.sum(p)))\n"
+        f"devices = sorted({{k.device_type for op in {OPS!r}"
+        " for k in kernels.get_registered_kernels_for_op(op).kernel})\n"
+        "print(json.dumps({'library': _loader.loaded_library(), 'tensorflow': tf.__file__,"
+        " 'with_cuda': tf.test.is_built_with_cuda(), 'version': tf.__version__,"
+        " 'devices': devices, 'sums': [repr(float(np.sum(v))) for v in (y, g, p)]}))\n"
     )
-    forced = _run_python(code, TF_DCN_OPS="cuda").split()
-    cpu = _run_python(code, TF_DCN_OPS="cpu").split()
-    assert forced[0] == str(CUDA_LIBRARY) and cpu[0] == _loader.CPU_LIBRARY
-    assert forced[1:] == cpu[1:]  # same CPU kernels: bitwise equal sums
-    # The GPU build of TensorFlow without a GPU or driver: the CPU library unless forced.
+    runs = {"cpu-wheel forced": _run_python(code, TF_DCN_OPS="cuda"),
+            "cpu-wheel cpu": _run_python(code, TF_DCN_OPS="cpu")}
     gpu_tf = str(_gpu_tensorflow())
-    assert _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="").split() == cpu
-    assert _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="cuda").split() == forced
+    runs["gpu-wheel forced"] = _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="cuda")
+    runs["gpu-wheel default"] = _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="")
+    runs = {name: json.loads(out) for name, out in runs.items()}
+    for name, run in runs.items():
+        gpu_wheel = name.startswith("gpu-wheel")
+        assert run["version"] == _loader.tf.__version__, name
+        assert run["with_cuda"] == gpu_wheel and run["tensorflow"].startswith(gpu_tf) == gpu_wheel
+        forced = name.endswith("forced")
+        assert run["library"] == (str(CUDA_LIBRARY) if forced else _loader.CPU_LIBRARY), name
+        assert run["devices"] == (["CPU", "GPU"] if forced else ["CPU"]), name
+        assert run["sums"] == runs["cpu-wheel cpu"]["sums"], name  # bitwise equal sums
 
 
 def test_library_choice(monkeypatch, tmp_path):

@@ -130,3 +130,17 @@ def test_with_tensorflows_cuda_runtime_and_no_driver_calls_fail_cleanly(harness_
     assert runtimes == [str(cudart)]
     assert status in (NO_DEVICE, INSUFFICIENT_DRIVER), (status, message)
     assert check != 0
+
+
+def test_a_too_old_driver_is_explained(harness_library):
+    """The text the ops put into their FailedPreconditionError for cudaErrorInsufficientDriver
+    names the real requirement (TensorFlow's CUDA 12 runtime: a CUDA 12.0 driver, r525)."""
+    code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); "
+            "lib.tfdcn_error_string.restype = ctypes.c_char_p; "
+            f"print(lib.tfdcn_error_string({INSUFFICIENT_DRIVER}).decode())")
+    result = subprocess.run([sys.executable, "-c", code, str(harness_library)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert "CUDA 12.0 or newer" in message and "r525" in message, message
+    assert "TF_DCN_OPS=cpu" in message and "CUDA 13" not in message
