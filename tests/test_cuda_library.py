@@ -104,6 +104,8 @@ def test_cuda_library_carries_no_cuda_runtime_of_its_own():
     assert {"cudaLaunchKernel", "__cudaRegisterFatBinary", "__cudaRegisterFunction",
             "__cudaPushCallConfiguration", "cudaMemcpyAsync"} <= forwarded, forwarded
     assert b"libtensorflow_framework.so.2" in data and b"libcudart.so.12" in data
+    # No stream synchronisation anywhere (the pooling ops check rois asynchronously).
+    assert not {"cudaStreamSynchronize", "cudaDeviceSynchronize"} & forwarded
 
 
 def _fat_binary_images() -> list[fatbinary.Image]:

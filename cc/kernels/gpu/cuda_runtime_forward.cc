@@ -193,10 +193,6 @@ TF_DCN_HIDDEN int cudaMemsetAsync(void* destination, int value, size_t bytes, vo
   TF_DCN_FORWARD(false, cudaMemsetAsync, destination, value, bytes, stream);
 }
 
-TF_DCN_HIDDEN int cudaStreamSynchronize(void* stream) {
-  TF_DCN_FORWARD(false, cudaStreamSynchronize, stream);
-}
-
 namespace tf_dcn {
 
 int CudaRuntimeStatus() {
