@@ -189,14 +189,16 @@ $(CUDA_LIB): $(CUDA_OBJS)
 	$(CXX) -shared $(CUDA_OBJS) -o $@.tmp $(TF_LFLAGS) -ldl -Wl,-z,defs -Wl,-O1
 	mv -f $@.tmp $@
 
-# The GPU build of TensorFlow (the `tensorflow` wheel, same version as the venv's tensorflow-cpu),
-# unpacked beside the venv for tests/test_cuda_library.py, which loads the CUDA library into it
-# with PYTHONPATH=$(TF_GPU_SITE). Not needed to build or use tf-dcn.
+# The GPU build of TensorFlow (the `tensorflow` wheel, same version as the venv's tensorflow-cpu)
+# and its CUDA 12 runtime package, unpacked beside the venv for the tests
+# (tests/test_cuda_library.py, tests/test_gpu_harness.py), which run it with
+# PYTHONPATH=$(TF_GPU_SITE). Not needed to build or use tf-dcn.
 TF_VERSION  := $(shell sed -n 's/^tensorflow-cpu==//p' requirements.txt)
 TF_GPU_SITE := $(BUILD)/tensorflow-gpu
-$(TF_GPU_SITE)/.installed: requirements.txt | $(STAMP)
+$(TF_GPU_SITE)/.installed: requirements.txt requirements-cuda12.txt | $(STAMP)
 	rm -rf $(TF_GPU_SITE)
-	$(PY) -m pip install --quiet --no-deps --target $(TF_GPU_SITE) tensorflow==$(TF_VERSION)
+	$(PY) -m pip install --quiet --no-deps --target $(TF_GPU_SITE) tensorflow==$(TF_VERSION) \
+		$$(grep '^nvidia-cuda-runtime-cu12==' requirements-cuda12.txt)
 	@touch $@
 
 tensorflow-gpu-site: $(TF_GPU_SITE)/.installed

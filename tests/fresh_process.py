@@ -1,5 +1,6 @@
 """Runs Python code in a fresh interpreter, for the tests that need a clean process (loading a
-library or a saved model without this process's state)."""
+library or a saved model without this process's state), possibly with the GPU build of
+TensorFlow instead of the venv's tensorflow-cpu (gpu_tensorflow_site)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,17 @@ def run_python(code: str, cwd: Path, env: dict[str, str | None] | None = None,
     if check:
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
+
+
+REPO = Path(__file__).resolve().parent.parent
+GPU_TENSORFLOW_SITE = REPO / "build" / "tensorflow-gpu"
+
+
+def gpu_tensorflow_site() -> Path:
+    """The GPU build of TensorFlow (the `tensorflow` wheel of the venv's version) with its CUDA 12
+    runtime package, unpacked by `make tensorflow-gpu-site` (once per build directory). Put it
+    first on PYTHONPATH to run it instead of tensorflow-cpu."""
+    result = subprocess.run(["make", "-s", "tensorflow-gpu-site"], cwd=REPO, capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return GPU_TENSORFLOW_SITE

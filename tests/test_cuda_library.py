@@ -6,7 +6,7 @@ tests read the built file: it carries no CUDA runtime of its own (the runtime fu
 forwarders to TensorFlow's, see cc/kernels/gpu/cuda_runtime_forward.cc), its cubins and PTX were
 made by CUDA 12 (ELF ABI of CUDA 12, PTX ISA 8.5 at most), it depends only on TensorFlow's framework library and the C/C++ runtimes, it
 loads in both ``tensorflow-cpu==2.21.0`` (the venv) and ``tensorflow==2.21.0`` (the GPU build,
-unpacked by ``make tensorflow-gpu-site``), registers every op for both CPU and GPU, and computes the
+unpacked by ``make tensorflow-gpu-site`` with its ``nvidia-cuda-runtime-cu12``), registers every op for both CPU and GPU, and computes the
 CPU kernels exactly like the CPU library when forced with ``TF_DCN_OPS=cuda``. The GPU kernels
 themselves are checked by the host emulation (test_gpu_emulation_*.py) and, on a GPU machine, by
 tests/gpu/run.sh.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fresh_process import run_python
+from tests.fresh_process import gpu_tensorflow_site, run_python
 from tf_dcn import _loader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,6 @@ _spec.loader.exec_module(fatbinary)
 
 CUDA_ARCHS = {75, 80, 86, 89, 90}  # the Makefile's CUDA_ARCHS; PTX for the last one only
 CUDA12_PTX_ISA = (8, 5)  # the PTX ISA version of CUDA 12.5
-GPU_TF_SITE = REPO / "build" / "tensorflow-gpu"
 
 _required = os.environ.get("TF_DCN_REQUIRE_CUDA_BUILD") == "1"
 needs_cuda_library = pytest.mark.skipif(
@@ -145,19 +144,11 @@ def test_cuda_library_images_were_made_for_the_cuda_12_abi():
         assert f".target sm_{image.arch}".encode() in image.payload
 
 
-def _gpu_tensorflow() -> Path:
-    """The GPU build of TensorFlow, unpacked by `make tensorflow-gpu-site` (once per build dir)."""
-    result = subprocess.run(["make", "-s", "tensorflow-gpu-site"], cwd=REPO, capture_output=True,
-                            text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return GPU_TF_SITE
-
-
 @needs_cuda_library
 def test_gpu_tensorflow_exports_every_runtime_function_the_library_forwards():
     """In the GPU build of TensorFlow the forwarders resolve to libtensorflow_framework's own
     CUDA 12 runtime entry points (its cudart stubs): every one of them must be there."""
-    framework = _gpu_tensorflow() / "tensorflow" / "libtensorflow_framework.so.2"
+    framework = gpu_tensorflow_site() / "tensorflow" / "libtensorflow_framework.so.2"
     out = subprocess.run(["nm", "-D", "--defined-only", str(framework)], capture_output=True,
                          text=True, check=True).stdout
     exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
@@ -226,7 +217,7 @@ def test_forced_cuda_library_computes_like_the_cpu_library_in_both_tensorflow_wh
     )
     runs = {"cpu-wheel forced": _run_python(code, TF_DCN_OPS="cuda"),
             "cpu-wheel cpu": _run_python(code, TF_DCN_OPS="cpu")}
-    gpu_tf = str(_gpu_tensorflow())
+    gpu_tf = str(gpu_tensorflow_site())
     runs["gpu-wheel forced"] = _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="cuda")
     runs["gpu-wheel default"] = _run_python(code, PYTHONPATH=gpu_tf, TF_DCN_OPS="")
     runs = {name: json.loads(out) for name, out in runs.items()}

@@ -144,3 +144,23 @@ def test_a_too_old_driver_is_explained(harness_library):
     message = result.stdout.strip()
     assert "CUDA 12.0 or newer" in message and "r525" in message, message
     assert "TF_DCN_OPS=cpu" in message and "CUDA 13" not in message
+
+
+def test_in_gpu_tensorflow_the_forwarders_use_tensorflows_own_runtime(harness_library):
+    """In a process running the GPU build of TensorFlow, the forwarders resolve through
+    libtensorflow_framework.so.2's cudart stubs: it is TensorFlow's library loader that opens
+    its libcudart.so.12 (from the nvidia-cuda-runtime-cu12 package beside it, which the dynamic
+    loader alone would not find), and without a driver the calls fail cleanly."""
+    from tests.fresh_process import gpu_tensorflow_site
+
+    site = gpu_tensorflow_site()
+    probe = "import tensorflow\n" + _STATUS_PROBE
+    result = subprocess.run([sys.executable, "-c", probe, str(harness_library), str(REPO)],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="2",
+                                     TF_DCN_CUDART="/nonexistent/libcudart.so.12"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    status, message, check, runtimes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert runtimes == [str(site / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so.12")], runtimes
+    assert status in (NO_DEVICE, INSUFFICIENT_DRIVER), (status, message)
+    assert check != 0
