@@ -319,12 +319,12 @@ class PoolGpuOp : public ::tensorflow::AsyncOpKernel {
     // From here the copy into `host` is in flight: every path ends in the callback, which keeps
     // `host` alive until the stream has passed the copy.
     const absl::Status run = Pass::Run(ctx, d, out_shape);
-    const int64_t batch = d.batch;
+    const int64_t batch = d.batch, num_rois = d.num_rois;
     info->event_mgr->ThenExecute(
         ctx->op_device_context()->stream(),
-        [ctx, host, result, batch, run, done = std::move(done)]() {
+        [ctx, host, result, batch, num_rois, run, done = std::move(done)]() {
           absl::Status status = absl::OkStatus();
-          if (result->first_bad < ctx->input(1).dim_size(0)) {
+          if (result->first_bad < num_rois) {
             status = CheckBatchIndex(result->first_bad, result->value, batch);
           }
           if (status.ok()) status = run;
