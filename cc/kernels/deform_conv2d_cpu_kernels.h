@@ -39,12 +39,14 @@
 #endif
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "Eigen/Core"
 #include "cc/kernels/cpu_dispatch.h"
+#include "cc/kernels/cpu_panel_product.h"
 #include "cc/kernels/cpu_parallel_product.h"
 #include "cc/kernels/dcn_common.h"
 #include "cc/kernels/deform_conv2d_geometry.h"
@@ -118,6 +120,19 @@ inline void ForEachPixelSample(const DeformConv2DDims& d, const PixelIndex& px, 
   }
 }
 
+// v if keep, else +0: a select in integer bits, which GCC vectorises (with the default
+// -ftrapping-math it does not if-convert `keep ? v : 0` after the comparisons that give keep).
+template <typename A>
+inline A KeepOrZero(bool keep, A v) {
+  using Bits = std::conditional_t<sizeof(A) == 4, uint32_t, uint64_t>;
+  static_assert(sizeof(A) == sizeof(Bits), "float or double");
+  Bits bits;
+  std::memcpy(&bits, &v, sizeof(A));
+  bits &= Bits(0) - Bits(keep);
+  std::memcpy(&v, &bits, sizeof(A));
+  return v;
+}
+
 // The samples of one output pixel, prepared in one vectorised loop over its taps: for each tap
 // whose four corners all lie inside the image (most taps), the flat index of its top-left corner
 // and its masked bilinear weights, with the same operations as MakeConvSample and the gather (so
@@ -131,7 +146,8 @@ class PixelTaps {
   }
 
   explicit PixelTaps(const DeformConv2DDims& d)
-      : n_(d.deformable_groups * d.taps()), grid_y_(n_), grid_x_(n_), corner_(n_), inside_(n_) {
+      : n_(d.deformable_groups * d.taps()), grid_y_(n_), grid_x_(n_), mask_(n_, A(1)),
+        corner_(n_), inside_(n_) {
     for (auto& w : weight_) w.resize(n_);
     for (int64_t gk = 0; gk < n_; ++gk) {
       const int64_t k = gk % d.taps();
@@ -153,21 +169,24 @@ class PixelTaps {
       *w3 = weight_[3].data();
     int32_t* corner = corner_.data();
     int32_t* inside = inside_.data();
+    A* m = mask_.data();  // stays all ones without a mask: no condition in the loop below
+    if (msk) {
+      for (int64_t gk = 0; gk < n_; ++gk) m[gk] = A(msk[gk]);
+    }
 #pragma omp simd
     for (int64_t gk = 0; gk < n_; ++gk) {
       const A y = (y_base + gy[gk]) + A(off[2 * gk]);
       const A x = (x_base + gx[gk]) + A(off[2 * gk + 1]);
       const bool in = (y >= A(0)) & (y < y_end) & (x >= A(0)) & (x < x_end);
       // Non-finite or far positions are replaced before any conversion to an integer.
-      const A ys = in ? y : A(0), xs = in ? x : A(0);
+      const A ys = KeepOrZero(in, y), xs = KeepOrZero(in, x);
       const int32_t y0 = int32_t(ys), x0 = int32_t(xs);
       const A ly = ys - A(y0), lx = xs - A(x0);
       const A hy = A(1) - ly, hx = A(1) - lx;
-      const A m = msk ? A(msk[gk]) : A(1);
-      w0[gk] = m * (hy * hx);
-      w1[gk] = m * (hy * lx);
-      w2[gk] = m * (ly * hx);
-      w3[gk] = m * (ly * lx);
+      w0[gk] = m[gk] * (hy * hx);
+      w1[gk] = m[gk] * (hy * lx);
+      w2[gk] = m[gk] * (ly * hx);
+      w3[gk] = m[gk] * (ly * lx);
       corner[gk] = y0 * width + x0;
       inside[gk] = in;
     }
@@ -179,10 +198,39 @@ class PixelTaps {
 
  private:
   int64_t n_;
-  std::vector<A> grid_y_, grid_x_;
+  std::vector<A> grid_y_, grid_x_, mask_;
   std::vector<int32_t> corner_, inside_;
   std::vector<A> weight_[4];
 };
+
+// dst[e] = w0*src0[c0+e] + w1*src1[c0+e] + w2*src2[c0+e] + w3*src3[c0+e] for e < width: one
+// sample's channels. For float and double in whole vectors of the build's width (the loop
+// below the vectors, and for half types the whole loop, computes the same expression).
+template <typename T, typename A>
+inline void BlendCorners(const T* const (&src)[4], const A (&w)[4], int64_t c0, int64_t width,
+                         A* dst) {
+  const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0, *s3 = src[3] + c0;
+  const A w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  int64_t e = 0;
+  if constexpr (std::is_same_v<T, A>) {
+    using V = typename PanelVector<A>::type;
+    constexpr int kLanes = PanelVector<A>::kLanes;
+    for (; e + kLanes <= width; e += kLanes) {
+      V v0, v1, v2, v3;
+      std::memcpy(&v0, s0 + e, sizeof(V));
+      std::memcpy(&v1, s1 + e, sizeof(V));
+      std::memcpy(&v2, s2 + e, sizeof(V));
+      std::memcpy(&v3, s3 + e, sizeof(V));
+      const V r = w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3;
+      std::memcpy(dst + e, &r, sizeof(V));
+    }
+  }
+  // The column buffer never aliases the input: no run-time overlap checks.
+#pragma omp simd
+  for (int64_t i = e; i < width; ++i) {
+    dst[i] = w0 * A(s0[i]) + w1 * A(s1[i]) + w2 * A(s2[i]) + w3 * A(s3[i]);
+  }
+}
 
 // Gathers the (masked) bilinear samples of `count` output pixels starting at global pixel p0
 // into rows row0.. of a column buffer of col_pixels rows per group. `zeros` holds C zeros of
@@ -229,13 +277,7 @@ void GatherColumns(const DeformConv2DDims& d, const T* input, const T* offsets, 
                                                              int64_t c1) {
             A* dst = col + ColumnIndex(col_pixels, K, d.in_c_per_group(), grp, row0 + pp, k, c0);
             if (kind == kSampleInside) {
-              const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0, *s3 = src[3] + c0;
-              const A w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
-              // The column buffer never aliases the input: no run-time overlap checks.
-#pragma omp simd
-              for (int64_t e = 0; e < c1 - c0; ++e) {
-                dst[e] = w0 * A(s0[e]) + w1 * A(s1[e]) + w2 * A(s2[e]) + w3 * A(s3[e]);
-              }
+              BlendCorners<T, A>(src, w, c0, c1 - c0, dst);
             } else {
               std::fill(dst, dst + (c1 - c0), kind == kSampleNaN ? QuietNaN<A>() : A(0));
             }
@@ -283,8 +325,13 @@ void ColumnProduct(const DeformConv2DDims& d, const A* col, int64_t count, const
                    T* out_rows) {
   const int64_t K = d.taps(), Cg = d.in_c_per_group(), KCg = K * Cg, Cout = d.out_c;
   const int64_t rows = r1 - r0, cols = c1 - c0, o0 = grp * d.out_c_per_group() + c0;
-  ConstMatrixMap<A> lhs(col + ColumnIndex(count, K, Cg, grp, r0, 0, grp * Cg), rows, KCg,
-                        Eigen::OuterStride<>(KCg));
+  const A* lhs_data = col + ColumnIndex(count, K, Cg, grp, r0, 0, grp * Cg);
+  if (cols <= kMaxPanelProductColumns) {
+    const PackedPanels<A> panels(W + o0, KCg, cols, Cout, bias ? bias + o0 : nullptr);
+    PanelProduct<T, A>(lhs_data, KCg, rows, panels, out_rows + r0 * Cout + o0, Cout);
+    return;
+  }
+  ConstMatrixMap<A> lhs(lhs_data, rows, KCg, Eigen::OuterStride<>(KCg));
   ConstMatrixMap<A> rhs(W + o0, KCg, cols, Eigen::OuterStride<>(Cout));
   std::vector<A> storage(std::is_same_v<T, A> ? 0 : rows * cols);
   A* out;
