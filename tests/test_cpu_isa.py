@@ -31,29 +31,35 @@ def _require(isa: str) -> None:
         pytest.skip(f"this CPU cannot run the {isa} build")
 
 
-def _conv_case(seed: int, integer: bool):
-    """Forward and all gradients of a grouped, modulated deformable convolution."""
+def _conv_case(seed: int, integer: bool, wide: bool = False):
+    """Forward and all gradients of a modulated deformable convolution with two deformable
+    groups: grouped with few channels, or (wide) 20 channels per deformable group and 40 output
+    channels, so that the kernels' whole vectors, their remainders and several output panels
+    (cpu_panel_product.h) are all used in every build."""
     rng = np.random.default_rng(seed)
+    n, h, w, c, cout, groups = (2, 7, 9, 40, 40, 1) if wide else (3, 9, 8, 8, 6, 2)
+    shapes = [(n, h, w, c), (n, h, w, 36), (3, 3, c // groups, cout), (n, h, w, 18),
+              (n, h, w, cout)]
     if integer:
         # Integer offsets put every sample on a pixel: weights 0/1, every sum exact.
-        x = rng.integers(-4, 5, (3, 9, 8, 8)).astype(np.float32)
-        kernel = rng.integers(-3, 4, (3, 3, 4, 6)).astype(np.float32)
-        offsets = rng.integers(-2, 3, (3, 9, 8, 36)).astype(np.float32)
-        mask = rng.integers(0, 3, (3, 9, 8, 18)).astype(np.float32)
-        upstream = rng.integers(-2, 3, (3, 9, 8, 6)).astype(np.float32)
+        bounds = [(-4, 5), (-2, 3), (-3, 4), (0, 3), (-2, 3)]
+        x, offsets, kernel, mask, upstream = (rng.integers(lo, hi, shape).astype(np.float32)
+                                              for (lo, hi), shape in zip(bounds, shapes))
     else:
-        x = rng.uniform(-1, 1, (3, 9, 8, 8)).astype(np.float32)
-        kernel = rng.uniform(-1, 1, (3, 3, 4, 6)).astype(np.float32)
-        offsets = rng.uniform(-2, 2, (3, 9, 8, 36)).astype(np.float32)
-        mask = rng.uniform(0, 1, (3, 9, 8, 18)).astype(np.float32)
-        upstream = rng.uniform(-1, 1, (3, 9, 8, 6)).astype(np.float32)
+        bounds = [(-1, 1), (-2, 2), (-1, 1), (0, 1), (-1, 1)]
+        x, offsets, kernel, mask, upstream = (rng.uniform(lo, hi, shape).astype(np.float32)
+                                              for (lo, hi), shape in zip(bounds, shapes))
     tensors = [tf.constant(a) for a in (x, offsets, kernel, mask)]
     with tf.GradientTape() as tape:
         tape.watch(tensors)
         y = tf_dcn.deform_conv2d(tensors[0], tensors[1], tensors[2], mask=tensors[3],
-                                 padding="same", groups=2, deformable_groups=2)
+                                 padding="same", groups=groups, deformable_groups=2)
     grads = tape.gradient(y, tensors, output_gradients=tf.constant(upstream))
     return [y.numpy()] + [g.numpy() for g in grads], (x, offsets, kernel, mask)
+
+
+def _wide_conv_case(seed: int, integer: bool):
+    return _conv_case(seed, integer, wide=True)
 
 
 def _pool_case(seed: int, integer: bool):
@@ -92,20 +98,22 @@ def _baseline_and(isa, case, seed, integer, monkeypatch):
     """The outputs of `case` with the baseline build and with build `isa`."""
     _require(isa)
     results = [_with_isa(monkeypatch, name, case, seed, integer) for name in ("generic", isa)]
-    return [r[0] if case is _conv_case else r for r in results]
+    return [r[0] if isinstance(r, tuple) else r for r in results]
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_forced_isa_matches_reference(isa, monkeypatch):
+@pytest.mark.parametrize("wide", [False, True], ids=["grouped", "wide"])
+def test_forced_isa_matches_reference(isa, wide, monkeypatch):
     _require(isa)
-    outputs, (x, offsets, kernel, mask) = _with_isa(monkeypatch, isa, _conv_case, 0, False)
-    expected = ref.deform_conv2d(x, offsets, kernel, mask, padding="same", groups=2,
-                                 deformable_groups=2)
+    outputs, (x, offsets, kernel, mask) = _with_isa(monkeypatch, isa, _conv_case, 0, False, wide)
+    expected = ref.deform_conv2d(x, offsets, kernel, mask, padding="same",
+                                 groups=1 if wide else 2, deformable_groups=2)
     np.testing.assert_allclose(outputs[0], expected, rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("isa", WIDER_ISAS)
-@pytest.mark.parametrize("case", [_conv_case, _pool_case], ids=["conv", "pool"])
+@pytest.mark.parametrize("case", [_conv_case, _wide_conv_case, _pool_case],
+                         ids=["conv", "wide-conv", "pool"])
 def test_isa_is_bitwise_equal_to_baseline_on_integer_inputs(isa, case, monkeypatch):
     baseline, wider = _baseline_and(isa, case, 3, True, monkeypatch)
     assert len(baseline) == len(wider) >= 5
@@ -116,7 +124,8 @@ def test_isa_is_bitwise_equal_to_baseline_on_integer_inputs(isa, case, monkeypat
 
 
 @pytest.mark.parametrize("isa", WIDER_ISAS)
-@pytest.mark.parametrize("case", [_conv_case, _pool_case], ids=["conv", "pool"])
+@pytest.mark.parametrize("case", [_conv_case, _wide_conv_case, _pool_case],
+                         ids=["conv", "wide-conv", "pool"])
 def test_isa_agrees_with_baseline_on_random_inputs(isa, case, monkeypatch):
     baseline, wider = _baseline_and(isa, case, 1, False, monkeypatch)
     for a, b in zip(wider, baseline):
