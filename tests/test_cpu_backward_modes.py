@@ -177,3 +177,16 @@ def test_pooling_backward_is_the_same_at_every_thread_count(results, threads, ca
             for i, (a, b) in enumerate(zip(_outputs(results[threads], key),
                                            _outputs(results[1], key))):
                 assert a.tobytes() == b.tobytes(), (key, threads, i)
+
+
+@pytest.mark.parametrize("threads", THREADS[1:])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_narrow_convolution_forward_is_the_same_at_every_thread_count(results, threads, case):
+    """docs/semantics.md: with at most 64 output channels per group the forward pass computes
+    every output element as one ordered sum (cpu_panel_product.h), so its bits depend on neither
+    the thread count nor the workspace (how the pixels are cut into tiles and chunks)."""
+    for dtype in ("float64", "float32", "float16"):
+        expected = results[1][f"{case}|{dtype}|image|0"]
+        for mode in WORKSPACES:
+            got = results[threads][f"{case}|{dtype}|{mode}|0"]
+            assert got.tobytes() == expected.tobytes(), (case, dtype, mode, threads)

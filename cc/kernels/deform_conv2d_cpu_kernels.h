@@ -15,6 +15,8 @@
 //   chunks        otherwise, chunk by chunk (about 8-16 MiB of columns, PlanChunks): GatherTiles,
 //                 then output = bias + col * kernel in row/column blocks (ForEachProductBlock,
 //                 cpu_parallel_product.h).
+// Either way each product (ColumnProduct) with at most kMaxPanelProductColumns output channels
+// is computed in register panels (cpu_panel_product.h), wider ones by Eigen.
 //
 // Backward (BackwardPass), in one of two modes chosen from the sizes (Prepare):
 //   image mode   when the units' private buffers fit the workspace limit (32 MiB): units own
