@@ -182,9 +182,10 @@ def test_pooling_backward_is_the_same_at_every_thread_count(results, threads, ca
 @pytest.mark.parametrize("threads", THREADS[1:])
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_narrow_convolution_forward_is_the_same_at_every_thread_count(results, threads, case):
-    """docs/semantics.md: with at most 64 output channels per group the forward pass computes
-    every output element as one ordered sum (cpu_panel_product.h), so its bits depend on neither
-    the thread count nor the workspace (how the pixels are cut into tiles and chunks)."""
+    """docs/semantics.md: with at most 32 output channels per group (64 with AVX-512) the
+    forward pass computes every output element as one ordered sum (cpu_panel_product.h), so its
+    bits depend on neither the thread count nor the workspace (how the pixels are cut into tiles
+    and chunks)."""
     for dtype in ("float64", "float32", "float16"):
         expected = results[1][f"{case}|{dtype}|image|0"]
         for mode in WORKSPACES:

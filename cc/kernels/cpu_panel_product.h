@@ -33,21 +33,24 @@ namespace {
 
 // Register tile: kPanelRows rows by kPanelVectors vectors of accumulators, plus the panel row's
 // vectors, within the build's vector registers (32 with AVX-512, 16 otherwise).
+// Products with at most kMaxPanelProductColumns output columns use PanelProduct. Measured on
+// bench/bench_conv_cpu.py's forward passes against Eigen: with AVX-512 faster at 32 and 64
+// columns (S4, S1; about equal at 128 in a product alone); with AVX2 10% faster at 32 columns
+// (S4) and 7% slower at 64 (S1, four panels); the baseline build faster at 32 (S4).
 #if defined(__AVX512F__)
 constexpr int kPanelVectorBytes = 64;
 constexpr int kPanelRows = 12;
+constexpr int64_t kMaxPanelProductColumns = 64;
 #elif defined(__AVX__)
 constexpr int kPanelVectorBytes = 32;
 constexpr int kPanelRows = 6;
+constexpr int64_t kMaxPanelProductColumns = 32;
 #else
 constexpr int kPanelVectorBytes = 16;
 constexpr int kPanelRows = 6;
+constexpr int64_t kMaxPanelProductColumns = 32;
 #endif
 constexpr int kPanelVectors = 2;
-
-// Products with at most this many output columns use PanelProduct (measured: faster than Eigen
-// up to 64 columns with AVX-512; about equal at 128).
-constexpr int64_t kMaxPanelProductColumns = 64;
 
 template <typename A>
 struct PanelVector {
