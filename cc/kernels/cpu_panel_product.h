@@ -31,33 +31,37 @@ namespace tf_dcn {
 namespace TF_DCN_CPU_ISA {
 namespace {
 
-// Register tile: kPanelRows rows by kPanelVectors vectors of accumulators, plus the panel row's
-// vectors, within the build's vector registers (32 with AVX-512, 16 otherwise).
-// Products with at most kMaxPanelProductColumns output columns use PanelProduct. Measured on
-// bench/bench_conv_cpu.py's forward passes against Eigen: with AVX-512 faster at 32 and 64
+// Per build: the vector width (kSimdBytes); the register tile, kPanelRows rows by kPanelVectors
+// vectors of accumulators plus the panel row's vectors, within the build's vector registers (32
+// with AVX-512, 16 otherwise); and kMaxPanelProductColumns, the most output columns of a product
+// that uses PanelProduct. Measured on bench/bench_conv_cpu.py's forward passes against Eigen: with AVX-512 faster at 32 and 64
 // columns (S4, S1; about equal at 128 in a product alone); with AVX2 10% faster at 32 columns
 // (S4) and 7% slower at 64 (S1, four panels); the baseline build faster at 32 (S4).
 #if defined(__AVX512F__)
-constexpr int kPanelVectorBytes = 64;
+constexpr int kSimdBytes = 64;
 constexpr int kPanelRows = 12;
 constexpr int64_t kMaxPanelProductColumns = 64;
 #elif defined(__AVX__)
-constexpr int kPanelVectorBytes = 32;
+constexpr int kSimdBytes = 32;
 constexpr int kPanelRows = 6;
 constexpr int64_t kMaxPanelProductColumns = 32;
 #else
-constexpr int kPanelVectorBytes = 16;
+constexpr int kSimdBytes = 16;
 constexpr int kPanelRows = 6;
 constexpr int64_t kMaxPanelProductColumns = 32;
 #endif
 constexpr int kPanelVectors = 2;
 
+// A vector of the build's width (also used by the convolution's per-channel loops).
 template <typename A>
-struct PanelVector {
-  typedef A type __attribute__((vector_size(kPanelVectorBytes)));
-  static constexpr int kLanes = kPanelVectorBytes / int(sizeof(A));
-  static constexpr int kWidth = kPanelVectors * kLanes;  // columns of one panel
+struct SimdVector {
+  typedef A type __attribute__((vector_size(kSimdBytes)));
+  static constexpr int kLanes = kSimdBytes / int(sizeof(A));
 };
+
+// Columns of one panel.
+template <typename A>
+constexpr int kPanelWidth = kPanelVectors * SimdVector<A>::kLanes;
 
 // b (k x n, row stride ldb) and the bias (n values or none) as panels of
 // kWidth columns in the accumulation type A, zero-padded: panel j holds columns
@@ -65,7 +69,7 @@ struct PanelVector {
 template <typename A>
 class PackedPanels {
  public:
-  static constexpr int kWidth = PanelVector<A>::kWidth;
+  static constexpr int kWidth = kPanelWidth<A>;
 
   template <typename B, typename Bias>
   PackedPanels(const B* b, int64_t k, int64_t n, int64_t ldb, const Bias* bias)
@@ -99,8 +103,8 @@ class PackedPanels {
 template <typename A>
 inline void PanelTile(const A* a, int64_t lda, const A* panel, const A* bias, int64_t k,
                       A* tile) {
-  using V = typename PanelVector<A>::type;
-  constexpr int kLanes = PanelVector<A>::kLanes, kWidth = PanelVector<A>::kWidth;
+  using V = typename SimdVector<A>::type;
+  constexpr int kLanes = SimdVector<A>::kLanes, kWidth = kPanelWidth<A>;
   V acc[kPanelRows][kPanelVectors];
   V init[kPanelVectors];
 #pragma GCC unroll 4
@@ -137,7 +141,7 @@ inline void PanelTile(const A* a, int64_t lda, const A* panel, const A* bias, in
 template <typename T, typename A>
 void PanelProduct(const A* a, int64_t lda, int64_t m, const PackedPanels<A>& b, T* out,
                   int64_t ldo) {
-  constexpr int kWidth = PanelVector<A>::kWidth;
+  constexpr int kWidth = kPanelWidth<A>;
   const int64_t k = b.k(), full = m / kPanelRows * kPanelRows;
   std::vector<A> rest;
   if (full < m) {

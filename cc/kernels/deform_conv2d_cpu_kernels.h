@@ -232,8 +232,8 @@ inline void BlendCorners(const T* const (&src)[4], const A (&w)[4], int64_t c0, 
   const A w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   int64_t e = 0;
   if constexpr (std::is_same_v<T, A>) {
-    using V = typename PanelVector<A>::type;
-    constexpr int kLanes = PanelVector<A>::kLanes;
+    using V = typename SimdVector<A>::type;
+    constexpr int kLanes = SimdVector<A>::kLanes;
     for (; e + kLanes <= width; e += kLanes) {
       V v0, v1, v2, v3;
       std::memcpy(&v0, s0 + e, sizeof(V));
@@ -797,10 +797,10 @@ class BackwardPass {
                          A (&sums)[4]) {
     const T *s0 = src[0] + c0, *s1 = src[1] + c0, *s2 = src[2] + c0, *s3 = src[3] + c0;
     A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int64_t e = 0;
     if constexpr (std::is_same_v<T, A>) {
-      using V = typename PanelVector<A>::type;
-      constexpr int kLanes = PanelVector<A>::kLanes;
+      using V = typename SimdVector<A>::type;
+      constexpr int kLanes = SimdVector<A>::kLanes;
+      int64_t e = 0;
       if (width >= kLanes) {
         V v0{}, v1{}, v2{}, v3{};
         for (; e + kLanes <= width; e += kLanes) {
@@ -821,8 +821,6 @@ class BackwardPass {
         a2 = Sum::Of(v2);
         a3 = Sum::Of(v3);
       }
-    }
-    if constexpr (std::is_same_v<T, A>) {
       for (; e < width; ++e) {
         const A gc = dc[e];
         a0 += gc * s0[e];
