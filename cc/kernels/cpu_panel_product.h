@@ -34,9 +34,10 @@ namespace {
 // Per build: the vector width (kSimdBytes); the register tile, kPanelRows rows by kPanelVectors
 // vectors of accumulators plus the panel row's vectors, within the build's vector registers (32
 // with AVX-512, 16 otherwise); and kMaxPanelProductColumns, the most output columns of a product
-// that uses PanelProduct. Measured on bench/bench_conv_cpu.py's forward passes against Eigen: with AVX-512 faster at 32 and 64
-// columns (S4, S1; about equal at 128 in a product alone); with AVX2 10% faster at 32 columns
-// (S4) and 7% slower at 64 (S1, four panels); the baseline build faster at 32 (S4).
+// that uses PanelProduct. Measured on bench/bench_conv_cpu.py's forward passes against Eigen:
+// with AVX-512 faster at 32 and 64 columns (S4, S1; about equal at 128 in a product alone); with
+// AVX2 10% faster at 32 columns (S4) and 7% slower at 64 (S1, four panels); the baseline build
+// faster at 32 (S4).
 #if defined(__AVX512F__)
 constexpr int kSimdBytes = 64;
 constexpr int kPanelRows = 12;
@@ -63,9 +64,9 @@ struct SimdVector {
 template <typename A>
 constexpr int kPanelWidth = kPanelVectors * SimdVector<A>::kLanes;
 
-// b (k x n, row stride ldb) and the bias (n values or none) as panels of
-// kWidth columns in the accumulation type A, zero-padded: panel j holds columns
-// [j*kWidth, (j+1)*kWidth) as k rows of kWidth, then its bias row.
+// b (k x n, row stride ldb) and the bias (n values or none) as panels of kWidth columns in the
+// accumulation type A, zero-padded: panel j holds columns [j*kWidth, (j+1)*kWidth) as k rows of
+// kWidth, then its bias row.
 template <typename A>
 class PackedPanels {
  public:
@@ -146,7 +147,9 @@ void PanelProduct(const A* a, int64_t lda, int64_t m, const PackedPanels<A>& b, 
   std::vector<A> rest;
   if (full < m) {
     rest.assign(kPanelRows * k, A(0));
-    for (int64_t r = full; r < m; ++r) std::copy(a + r * lda, a + r * lda + k, &rest[(r - full) * k]);
+    for (int64_t r = full; r < m; ++r) {
+      std::copy(a + r * lda, a + r * lda + k, &rest[(r - full) * k]);
+    }
   }
   alignas(64) A tile[kPanelRows * kWidth];
   for (int64_t j = 0; j < b.panels(); ++j) {

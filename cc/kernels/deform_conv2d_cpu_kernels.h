@@ -15,8 +15,9 @@
 //   chunks        otherwise, chunk by chunk (about 8-16 MiB of columns, PlanChunks): GatherTiles,
 //                 then output = bias + col * kernel in row/column blocks (ForEachProductBlock,
 //                 cpu_parallel_product.h).
-// Either way each product (ColumnProduct) with at most kMaxPanelProductColumns output channels
-// is computed in register panels (cpu_panel_product.h), wider ones by Eigen.
+// Either way, with at most kMaxPanelProductColumns output channels per group, the products
+// (ColumnProduct) use register panels of the kernel packed once per call (ForwardKernel,
+// cpu_panel_product.h); wider ones use Eigen.
 //
 // Backward (BackwardPass), in one of two modes chosen from the sizes (Prepare):
 //   image mode   when the units' private buffers fit the workspace limit (32 MiB): units own
@@ -336,22 +337,47 @@ void GatherTiles(const DeformConv2DDims& d, const CpuParallel& parallel, const C
   });
 }
 
+// The kernel as the forward pass's products read it: W, [K*C/groups, Cout] row-major in the
+// accumulation type, and, when a group has at most kMaxPanelProductColumns output channels, each
+// group's columns and bias packed once as register panels (cpu_panel_product.h), which its
+// products then use instead of Eigen.
+template <typename T, typename A>
+class ForwardKernel {
+  std::vector<A> storage_;  // W for half types; declared (so constructed) before W
+
+ public:
+  ForwardKernel(const DeformConv2DDims& d, const T* kernel, const T* bias)
+      : W(KernelInAccType<T, A>(d, kernel, &storage_)) {
+    // A panel product covers all of a group's output channels: ForEachProductBlock cuts column
+    // blocks only from 2 * kMinBlockCols columns up.
+    static_assert(kMaxPanelProductColumns < 2 * kMinBlockCols, "panel products are never cut");
+    const int64_t coutg = d.out_c_per_group(), rows = d.taps() * d.in_c_per_group();
+    if (coutg > kMaxPanelProductColumns) return;
+    for (int64_t grp = 0; grp < d.groups; ++grp) {
+      const int64_t o0 = grp * coutg;
+      panels.emplace_back(W + o0, rows, coutg, d.out_c, bias ? bias + o0 : nullptr);
+    }
+  }
+
+  const A* const W;
+  std::vector<PackedPanels<A>> panels;  // one per group, or none
+};
+
 // bias + col * W for rows [r0, r1) of a column buffer of `count` rows per group and output
 // channels [c0, c1) of group grp, into out_rows (the output row of the buffer's first pixel).
 template <typename T, typename A>
-void ColumnProduct(const DeformConv2DDims& d, const A* col, int64_t count, const A* W,
-                   const T* bias, int64_t grp, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                   T* out_rows) {
+void ColumnProduct(const DeformConv2DDims& d, const A* col, int64_t count,
+                   const ForwardKernel<T, A>& kernel, const T* bias, int64_t grp, int64_t r0,
+                   int64_t r1, int64_t c0, int64_t c1, T* out_rows) {
   const int64_t K = d.taps(), Cg = d.in_c_per_group(), KCg = K * Cg, Cout = d.out_c;
   const int64_t rows = r1 - r0, cols = c1 - c0, o0 = grp * d.out_c_per_group() + c0;
   const A* lhs_data = col + ColumnIndex(count, K, Cg, grp, r0, 0, grp * Cg);
-  if (cols <= kMaxPanelProductColumns) {
-    const PackedPanels<A> panels(W + o0, KCg, cols, Cout, bias ? bias + o0 : nullptr);
-    PanelProduct<T, A>(lhs_data, KCg, rows, panels, out_rows + r0 * Cout + o0, Cout);
+  if (!kernel.panels.empty()) {  // then c0 = 0 and c1 = Cout/groups (ForwardKernel)
+    PanelProduct<T, A>(lhs_data, KCg, rows, kernel.panels[grp], out_rows + r0 * Cout + o0, Cout);
     return;
   }
   ConstMatrixMap<A> lhs(lhs_data, rows, KCg, Eigen::OuterStride<>(KCg));
-  ConstMatrixMap<A> rhs(W + o0, KCg, cols, Eigen::OuterStride<>(Cout));
+  ConstMatrixMap<A> rhs(kernel.W + o0, KCg, cols, Eigen::OuterStride<>(Cout));
   std::vector<A> storage(std::is_same_v<T, A> ? 0 : rows * cols);
   A* out;
   int64_t stride;
@@ -384,8 +410,8 @@ constexpr int64_t kMinCachedTileRows = 128;  // shorter products run below the G
 
 template <typename T, typename A>
 void ForwardInCachedTiles(const DeformConv2DDims& d, const CpuParallel& parallel, const T* input,
-                          const T* offsets, const T* mask, const A* W, const T* bias,
-                          int64_t tile, T* output) {
+                          const T* offsets, const T* mask, const ForwardKernel<T, A>& kernel,
+                          const T* bias, int64_t tile, T* output) {
   const int64_t total = d.out_pixels(), col_row = d.taps() * d.in_c;
   const std::vector<T> zeros(d.in_c, T(0));
   const int64_t tiles = (total + tile - 1) / tile;
@@ -398,7 +424,7 @@ void ForwardInCachedTiles(const DeformConv2DDims& d, const CpuParallel& parallel
       const int64_t p0 = t * tile, n = std::min(tile, total - p0);
       GatherColumns<T, A>(d, input, offsets, mask, zeros.data(), p0, n, col.get(), n, 0);
       for (int64_t grp = 0; grp < d.groups; ++grp) {
-        ColumnProduct<T, A>(d, col.get(), n, W, bias, grp, 0, n, 0, d.out_c_per_group(),
+        ColumnProduct<T, A>(d, col.get(), n, kernel, bias, grp, 0, n, 0, d.out_c_per_group(),
                             output + p0 * d.out_c);
       }
     }
@@ -412,15 +438,14 @@ void Forward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* in
   const int64_t total = d.out_pixels();
   if (total == 0 || d.out_c == 0) return;
   const int64_t K = d.taps(), Coutg = d.out_c_per_group(), KCg = K * d.in_c_per_group();
-  std::vector<A> kernel_storage;
-  const A* W = KernelInAccType<T, A>(d, kernel, &kernel_storage);
+  const ForwardKernel<T, A> packed(d, kernel, bias);
 
   const int64_t cached_rows = kCachedTileBytes / (K * d.in_c * int64_t(sizeof(A)));
   if (cached_rows >= kMinCachedTileRows) {
     // Tiles of equal size, at least two per thread where the pixels allow.
     const int64_t threads = std::max(1, parallel.num_threads);
     const int64_t tile = std::clamp<int64_t>(total / (2 * threads), 16, cached_rows);
-    ForwardInCachedTiles<T, A>(d, parallel, input, offsets, mask, W, bias, tile, output);
+    ForwardInCachedTiles<T, A>(d, parallel, input, offsets, mask, packed, bias, tile, output);
     return;
   }
 
@@ -434,8 +459,8 @@ void Forward(const DeformConv2DDims& d, const CpuParallel& parallel, const T* in
     // Output rows [r0, r1) of the chunk, channels [c0, c1) of group grp.
     ForEachProductBlock(parallel, d.groups, count, Coutg, KCg,
                         [&](int64_t grp, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-                          ColumnProduct<T, A>(d, col.data(), count, W, bias, grp, r0, r1, c0, c1,
-                                              output + p0 * d.out_c);
+                          ColumnProduct<T, A>(d, col.data(), count, packed, bias, grp, r0, r1,
+                                              c0, c1, output + p0 * d.out_c);
                         });
   }
 }
